@@ -1,0 +1,256 @@
+//! Starting, stopping and restarting a Tansu broker process for tests.
+
+use std::io::Read;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+
+use crate::clients::unique_name;
+use crate::{Result, TestkitError};
+
+/// How long a broker may take to answer its first metadata request.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Where the broker keeps its data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Storage {
+    /// In memory: fastest, gone when the broker stops.
+    Memory,
+    /// A SQLite file: records and committed offsets survive a restart.
+    Sqlite(PathBuf),
+}
+
+impl Storage {
+    /// The `--storage-engine` URL, and the directory to run the broker in. Tansu 0.6 reads
+    /// `sqlite:///abs/path` as a path relative to its working directory, so the broker runs
+    /// in the database's directory and is given the bare file name.
+    fn url_and_dir(&self, scratch: &Path) -> (String, PathBuf) {
+        match self {
+            Storage::Memory => ("memory://tansu/".to_owned(), scratch.to_owned()),
+            Storage::Sqlite(path) => {
+                let file = path.file_name().map(|f| f.to_string_lossy().into_owned());
+                let dir = path.parent().filter(|p| !p.as_os_str().is_empty());
+                (
+                    format!("sqlite://{}", file.unwrap_or_else(|| "tansu.db".into())),
+                    dir.map_or_else(|| scratch.to_owned(), Path::to_owned),
+                )
+            }
+        }
+    }
+}
+
+/// A running Tansu broker on a loopback port, stopped when dropped.
+#[derive(Debug)]
+pub struct TestBroker {
+    port: u16,
+    storage: Storage,
+    dir: PathBuf,
+    process: Option<Child>,
+}
+
+/// Finds the Tansu binary: `TANSU_BIN`, else `tansu` on `PATH`, else `~/.cargo/bin/tansu`.
+pub fn find_tansu() -> Result<PathBuf> {
+    if let Some(bin) = std::env::var_os("TANSU_BIN") {
+        let bin = PathBuf::from(bin);
+        return if bin.is_file() {
+            Ok(bin)
+        } else {
+            Err(TestkitError::TansuNotFound)
+        };
+    }
+    let on_path = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
+        .map(|dir| dir.join("tansu"));
+    let in_cargo_home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .map(|home| home.join("bin").join("tansu"));
+    on_path
+        .chain(in_cargo_home)
+        .find(|p| p.is_file())
+        .ok_or(TestkitError::TansuNotFound)
+}
+
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+impl TestBroker {
+    /// Starts a broker with in-memory storage on a free port.
+    pub fn start() -> Result<TestBroker> {
+        TestBroker::start_with(Storage::Memory)
+    }
+
+    /// Starts a broker with SQLite storage in a fresh directory, for tests that restart it.
+    pub fn start_durable() -> Result<TestBroker> {
+        let dir = scratch_dir()?;
+        let db = dir.join("tansu.db");
+        TestBroker::start_in(Storage::Sqlite(db), dir)
+    }
+
+    /// Starts a broker with the given storage on a free port.
+    pub fn start_with(storage: Storage) -> Result<TestBroker> {
+        TestBroker::start_in(storage, scratch_dir()?)
+    }
+
+    fn start_in(storage: Storage, dir: PathBuf) -> Result<TestBroker> {
+        let mut broker = TestBroker {
+            port: free_port()?,
+            storage,
+            dir,
+            process: None,
+        };
+        broker.launch()?;
+        Ok(broker)
+    }
+
+    /// One broker per test binary, started on first use. Tests isolate themselves with
+    /// unique topic and group names. The process ends with the test binary: the watchdog
+    /// sees its stdin close however the binary exits.
+    pub fn shared() -> &'static TestBroker {
+        static SHARED: OnceLock<TestBroker> = OnceLock::new();
+        SHARED.get_or_init(|| match TestBroker::start() {
+            Ok(broker) => broker,
+            Err(e) => panic!("cannot start the shared test broker: {e}"),
+        })
+    }
+
+    /// `host:port` for `bootstrap.servers`.
+    pub fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The broker's storage.
+    pub fn storage(&self) -> &Storage {
+        &self.storage
+    }
+
+    /// The broker's log file (its stdout and stderr).
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.join("tansu.log")
+    }
+
+    /// Whether the broker process is running.
+    pub fn is_running(&self) -> bool {
+        self.process.is_some()
+    }
+
+    fn launch(&mut self) -> Result<()> {
+        let tansu = find_tansu()?;
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let (storage_url, run_dir) = self.storage.url_and_dir(&self.dir);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())?;
+        // A tiny shell watchdog owns the broker: when our end of its stdin closes (drop,
+        // stop, or this process dying in any way, even SIGKILL), it stops the broker, so no
+        // test run leaves a broker behind.
+        let child = Command::new("sh")
+            .arg("-c")
+            .arg(
+                r#""$@" & pid=$!; read _closed; kill "$pid" 2>/dev/null;
+                   (sleep 5; kill -9 "$pid" 2>/dev/null) & killer=$!;
+                   wait "$pid"; kill "$killer" 2>/dev/null"#,
+            )
+            .arg("tansu-watchdog")
+            .arg(&tansu)
+            .arg("broker")
+            .arg("--listener-url")
+            .arg(&url)
+            .arg("--advertised-listener-url")
+            .arg(&url)
+            .arg("--storage-engine")
+            .arg(storage_url)
+            .current_dir(run_dir)
+            .env_remove("STORAGE_ENGINE")
+            .env_remove("LISTENER_URL")
+            .env_remove("ADVERTISED_LISTENER_URL")
+            .stdin(Stdio::piped())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        self.process = Some(child);
+        self.wait_ready()
+    }
+
+    fn wait_ready(&mut self) -> Result<()> {
+        let started = Instant::now();
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", self.bootstrap())
+            .set("log_level", "0")
+            .create()?;
+        while started.elapsed() < READY_TIMEOUT {
+            if let Some(Ok(Some(_))) = self.process.as_mut().map(Child::try_wait) {
+                break;
+            }
+            if consumer
+                .fetch_metadata(None, Duration::from_millis(500))
+                .is_ok()
+            {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Err(TestkitError::NotReady {
+            bootstrap: self.bootstrap(),
+            waited: started.elapsed(),
+            log: tail(&self.log_path(), 2000),
+        })
+    }
+
+    /// Stops the broker (clients see it go away). Storage is kept for [`restart`](Self::restart).
+    pub fn stop(&mut self) -> Result<()> {
+        if let Some(mut child) = self.process.take() {
+            drop(child.stdin.take());
+            child.wait()?;
+        }
+        Ok(())
+    }
+
+    /// Starts the broker again on the same port with the same storage.
+    pub fn restart(&mut self) -> Result<()> {
+        self.stop()?;
+        self.launch()
+    }
+
+    /// Client settings for this broker: bootstrap servers and quiet client logs.
+    pub fn client_config(&self) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", self.bootstrap())
+            .set("log_level", "3");
+        config
+    }
+}
+
+impl Drop for TestBroker {
+    fn drop(&mut self) {
+        let _ = self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn scratch_dir() -> Result<PathBuf> {
+    let dir = std::env::temp_dir().join(unique_name("tributary-broker"));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+fn tail(path: &Path, bytes: usize) -> String {
+    let mut text = String::new();
+    if let Ok(mut file) = std::fs::File::open(path) {
+        let _ = file.read_to_string(&mut text);
+    }
+    let start = text.len().saturating_sub(bytes);
+    let start = (start..text.len())
+        .find(|&i| text.is_char_boundary(i))
+        .unwrap_or(0);
+    text[start..].to_owned()
+}

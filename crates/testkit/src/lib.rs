@@ -1,0 +1,64 @@
+//! Test harness for Tributary: a real Tansu broker on a free loopback port, uniquely named
+//! topics and groups per test, and helpers to produce envelopes and to consume until a
+//! condition holds within a deadline (never a bare sleep).
+//!
+//! The broker binary comes from `TANSU_BIN`, else `PATH`, else `~/.cargo/bin`;
+//! `cargo xtask test` installs it when it is missing. Client configs set
+//! `session.timeout.ms=6000` because Tansu's group join takes about half of it.
+
+mod broker;
+mod clients;
+
+pub use broker::{Storage, TestBroker, find_tansu};
+pub use clients::{Record, unique_name};
+
+/// What can go wrong while setting up a test.
+#[derive(Debug, thiserror::Error)]
+pub enum TestkitError {
+    /// No Tansu binary was found.
+    #[error(
+        "no tansu binary found (TANSU_BIN, PATH, ~/.cargo/bin); run `cargo xtask test`, which \
+         installs it, or `cargo install tansu --version 0.6.0 --locked --features dynostore,libsql`"
+    )]
+    TansuNotFound,
+    /// The broker process could not be started or stopped.
+    #[error("broker process: {0}")]
+    Process(#[from] std::io::Error),
+    /// The broker did not answer metadata requests in time.
+    #[error("broker on {bootstrap} not ready after {waited:?}; log tail:\n{log}")]
+    NotReady {
+        /// Its address.
+        bootstrap: String,
+        /// How long we waited.
+        waited: std::time::Duration,
+        /// The end of its log.
+        log: String,
+    },
+    /// A Kafka client call failed.
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    /// Topic creation was refused.
+    #[error("cannot create topic {0}: {1}")]
+    CreateTopic(String, rdkafka::types::RDKafkaErrorCode),
+    /// A delivery failed.
+    #[error("delivery to {topic} failed: {error}")]
+    Delivery {
+        /// The topic.
+        topic: String,
+        /// The client's error.
+        error: rdkafka::error::KafkaError,
+    },
+    /// The condition did not hold before the deadline.
+    #[error("deadline passed after {waited:?} with {received} records received: {what}")]
+    Deadline {
+        /// What was awaited.
+        what: String,
+        /// How long we waited.
+        waited: std::time::Duration,
+        /// Records received until then.
+        received: usize,
+    },
+}
+
+/// The result type of the harness.
+pub type Result<T, E = TestkitError> = std::result::Result<T, E>;
