@@ -22,6 +22,42 @@ pub fn unique_name(prefix: &str) -> String {
     format!("{prefix}-{millis:x}-{:08x}", rand::rng().random::<u32>())
 }
 
+/// A record to produce: any key, value (`None` is a tombstone) and headers, so tests can
+/// write bytes no service would.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RawRecord {
+    /// The key.
+    pub key: Option<Vec<u8>>,
+    /// The value.
+    pub value: Option<Vec<u8>>,
+    /// Headers, in order.
+    pub headers: Vec<(String, String)>,
+}
+
+impl RawRecord {
+    /// A record with this key and value and no headers.
+    pub fn new(key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> RawRecord {
+        RawRecord {
+            key: Some(key.into()),
+            value: Some(value.into()),
+            headers: Vec::new(),
+        }
+    }
+
+    /// The record a service writes for an envelope: its key, bytes and headers.
+    pub fn from_envelope(envelope: &Envelope) -> RawRecord {
+        RawRecord {
+            key: Some(envelope.key.clone().into_bytes()),
+            value: Some(envelope.encode()),
+            headers: envelope
+                .headers()
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v))
+                .collect(),
+        }
+    }
+}
+
 /// One consumed record, owned.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
@@ -156,37 +192,26 @@ impl TestBroker {
     /// Publishes envelopes to `topic` (key and headers as the services write them) and
     /// waits until the broker acknowledged every one.
     pub async fn produce_envelopes(&self, topic: &str, envelopes: &[Envelope]) -> Result<()> {
-        let records: Vec<(String, Vec<u8>, Vec<(&'static str, String)>)> = envelopes
-            .iter()
-            .map(|e| (e.key.clone(), e.encode(), e.headers()))
-            .collect();
-        let raw: Vec<(Option<&[u8]>, Option<&[u8]>, Vec<(&str, String)>)> = records
-            .iter()
-            .map(|(k, v, h)| (Some(k.as_bytes()), Some(v.as_slice()), h.clone()))
-            .collect();
-        self.produce_raw(topic, &raw).await
+        let records: Vec<RawRecord> = envelopes.iter().map(RawRecord::from_envelope).collect();
+        self.produce_raw(topic, &records).await
     }
 
-    /// Publishes raw records (key, value, headers) in order and waits for every ack.
-    pub async fn produce_raw(
-        &self,
-        topic: &str,
-        records: &[(Option<&[u8]>, Option<&[u8]>, Vec<(&str, String)>)],
-    ) -> Result<()> {
+    /// Publishes raw records in order and waits for every ack.
+    pub async fn produce_raw(&self, topic: &str, records: &[RawRecord]) -> Result<()> {
         let producer = self.producer()?;
         let mut deliveries = Vec::with_capacity(records.len());
-        for (key, value, headers) in records {
-            let headers = headers.iter().fold(OwnedHeaders::new(), |hs, (k, v)| {
+        for raw in records {
+            let headers = raw.headers.iter().fold(OwnedHeaders::new(), |hs, (k, v)| {
                 hs.insert(Header {
                     key: k,
                     value: Some(v.as_bytes()),
                 })
             });
             let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).headers(headers);
-            if let Some(key) = key {
+            if let Some(key) = &raw.key {
                 record = record.key(key);
             }
-            if let Some(value) = value {
+            if let Some(value) = &raw.value {
                 record = record.payload(value);
             }
             // Enqueue without waiting so the client batches; the queue is far larger than
