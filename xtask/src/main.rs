@@ -1,1 +1,47 @@
-fn main() {}
+//! `cargo xtask`: developer automation for Tributary that needs nothing but cargo.
+//!
+//! - `cargo xtask test`: installs the dev broker if missing, then fmt, clippy and every test.
+//! - `cargo xtask up [--demo]`: builds, starts the dev broker (unless `KAFKA_BROKERS` is
+//!   set), applies `deploy/topics.yaml`, starts every service, stops them all on Ctrl-C.
+//! - `cargo xtask schemas`: rewrites `schemas/` after a compatible change to the event types.
+
+mod cargo;
+mod tansu;
+mod test;
+mod up;
+
+use std::process::ExitCode;
+
+const USAGE: &str = "usage: cargo xtask <command>
+
+commands:
+  test       install the dev broker if needed, then cargo fmt --check, clippy -D warnings
+             and every test of the workspace
+  up         build release binaries, start the dev broker (unless KAFKA_BROKERS is set),
+             create the topics, start every service; Ctrl-C stops everything
+             options: --demo (load a demo catalog through ingest)
+  schemas    regenerate schemas/ from the event types (refused if incompatible)";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("test") => test::run(&args[1..]),
+        Some("up") => up::run(&args[1..]),
+        Some("schemas") => cargo::run(
+            &["test", "-q", "-p", "tributary-events", "--test", "schemas"],
+            &[("UPDATE_SCHEMAS", "1")],
+        ),
+        Some("-h" | "--help" | "help") | None => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        Some(other) => Err(anyhow::anyhow!("unknown command {other:?}\n\n{USAGE}")),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -78,3 +78,37 @@ async fn a_partition_count_that_differs_is_reported_and_left_alone() {
         "never altered"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_that_differs_is_reported_and_an_unreported_one_is_unknown() {
+    let broker = TestBroker::shared();
+    let config = broker.client_config();
+    let name = tributary_testkit::unique_name("topics-config");
+    let declared = TopicSpec::new(&name, 1).with_config("cleanup.policy", "delete");
+    let created = apply(&config, std::slice::from_ref(&declared), -1, false)
+        .await
+        .unwrap();
+    assert_eq!(created.created, vec![name.clone()]);
+
+    let compacted = TopicSpec::new(&name, 1).with_config("cleanup.policy", "compact");
+    let report = apply(&config, &[compacted], -1, false).await.unwrap();
+    assert_eq!(report.differences.len(), 1, "{report}");
+    let d = &report.differences[0];
+    assert_eq!(
+        (d.setting.as_str(), d.declared.as_str(), d.actual.as_str()),
+        ("cleanup.policy", "compact", "delete")
+    );
+
+    // A topic made without configs: this broker reports no entries for it at all.
+    let bare = broker.create_topic("topics-bare", 1).await.unwrap();
+    let report = apply(
+        &config,
+        &[TopicSpec::new(&bare, 1).with_config("retention.ms", "1000")],
+        -1,
+        false,
+    )
+    .await
+    .unwrap();
+    assert!(report.differences.is_empty(), "{report}");
+    assert_eq!(report.unknown_config, vec![bare]);
+}

@@ -1,0 +1,76 @@
+//! `cargo xtask test`: every check CI runs, in one command, ending with a one-line summary.
+
+use std::time::Instant;
+
+use crate::cargo;
+
+pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
+    if let Some(arg) = args.first() {
+        anyhow::bail!("cargo xtask test takes no arguments (got {arg:?})");
+    }
+    let started = Instant::now();
+    let tansu = crate::tansu::ensure()?;
+    let tansu = tansu.to_string_lossy().into_owned();
+    ensure_components();
+
+    // Every step runs even after a failure, so one run reports everything that is wrong.
+    let steps: [(&str, Vec<&str>); 3] = [
+        ("fmt", vec!["fmt", "--all", "--check"]),
+        (
+            "clippy",
+            vec![
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ],
+        ),
+        ("tests", vec!["test", "--workspace", "--no-fail-fast"]),
+    ];
+    let mut results = Vec::new();
+    for (name, step_args) in steps {
+        eprintln!("xtask: ── {name}: cargo {}", step_args.join(" "));
+        let step_started = Instant::now();
+        let ok = cargo::run(&step_args, &[("TANSU_BIN", &tansu)]).is_ok();
+        results.push((name, ok, step_started.elapsed()));
+    }
+    let summary: Vec<String> = results
+        .iter()
+        .map(|(name, ok, took)| {
+            format!(
+                "{name} {} ({:.0}s)",
+                if *ok { "ok" } else { "FAILED" },
+                took.as_secs_f64()
+            )
+        })
+        .collect();
+    let failed = results.iter().any(|(_, ok, _)| !ok);
+    println!(
+        "xtask test: {} in {:.0}s: {}",
+        if failed { "FAILED" } else { "passed" },
+        started.elapsed().as_secs_f64(),
+        summary.join(", ")
+    );
+    if failed {
+        anyhow::bail!("some checks failed");
+    }
+    Ok(())
+}
+
+/// rustfmt and clippy ship as rustup components; add them on a machine that lacks them.
+fn ensure_components() {
+    let have = |sub: &str| {
+        cargo::cargo()
+            .args([sub, "--version"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if !(have("fmt") && have("clippy")) {
+        eprintln!("xtask: adding the rustfmt and clippy components");
+        let _ = std::process::Command::new("rustup")
+            .args(["component", "add", "rustfmt", "clippy"])
+            .status();
+    }
+}

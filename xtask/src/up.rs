@@ -1,0 +1,289 @@
+//! `cargo xtask up`: the whole suite on one machine, with a durable dev broker.
+
+use std::io::{BufRead, BufReader, IsTerminal, Read};
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+use crate::cargo::{self, workspace_root};
+
+/// Where the dev broker listens when `up` starts it.
+const DEV_BROKER: &str = "127.0.0.1:9092";
+/// How long services get to shut down cleanly (their own deadline is 30 s).
+const SERVICE_GRACE: Duration = Duration::from_secs(35);
+/// How long the broker gets to shut down cleanly.
+const BROKER_GRACE: Duration = Duration::from_secs(10);
+
+/// The contract's ports (CONTRACTS.md), to print where each service answers.
+fn endpoints(service: &str) -> &'static str {
+    match service {
+        "ingest" => "API http://127.0.0.1:8080  admin http://127.0.0.1:9101",
+        "enrichment" => "admin http://127.0.0.1:9102",
+        "aggregation" => "API http://127.0.0.1:8082  admin http://127.0.0.1:9103",
+        "search-indexer" => "API http://127.0.0.1:8081  admin http://127.0.0.1:9104",
+        "metrics-emitter" => "admin http://127.0.0.1:9105 (/lag)",
+        _ => "",
+    }
+}
+
+struct Running {
+    name: String,
+    child: Child,
+}
+
+pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
+    let mut demo = false;
+    for arg in args {
+        match arg.as_str() {
+            "--demo" => demo = true,
+            other => bail!("unknown option {other:?} (cargo xtask up [--demo])"),
+        }
+    }
+    let root = workspace_root();
+    let services = service_names(&root)?;
+    if demo && !services.iter().any(|s| s == "ingest") {
+        bail!(
+            "--demo loads its data through the ingest HTTP API, and services/ingest does not exist yet"
+        );
+    }
+
+    eprintln!("xtask: building release binaries");
+    cargo::run(&["build", "--release", "--workspace", "--bins"], &[])?;
+    let bin_dir = root.join("target").join("release");
+
+    let (stop_tx, stop_rx) = mpsc::channel::<()>();
+    ctrlc::set_handler(move || {
+        let _ = stop_tx.send(());
+    })
+    .context("installing the Ctrl-C handler")?;
+
+    let mut broker = None;
+    let brokers = match std::env::var("KAFKA_BROKERS") {
+        Ok(brokers) if !brokers.trim().is_empty() => {
+            eprintln!("xtask: using the cluster at KAFKA_BROKERS={brokers}");
+            brokers
+        }
+        _ => {
+            broker = Some(start_broker(&root)?);
+            DEV_BROKER.to_owned()
+        }
+    };
+
+    let result = run_suite(
+        &root,
+        &bin_dir,
+        &brokers,
+        &services,
+        &stop_rx,
+        broker.as_mut(),
+    );
+    if let Some(broker) = broker {
+        stop_all(vec![broker], BROKER_GRACE, &stop_rx);
+    }
+    result
+}
+
+fn run_suite(
+    root: &Path,
+    bin_dir: &Path,
+    brokers: &str,
+    services: &[String],
+    stop_rx: &mpsc::Receiver<()>,
+    mut broker: Option<&mut Running>,
+) -> anyhow::Result<()> {
+    eprintln!("xtask: applying deploy/topics.yaml");
+    let status = Command::new(bin_dir.join("trib"))
+        .args(["topics", "apply", "--file"])
+        .arg(root.join("deploy/topics.yaml"))
+        .args(["--wait-secs", "60"])
+        .env("KAFKA_BROKERS", brokers)
+        .status()
+        .context("running trib topics apply")?;
+    if !status.success() {
+        bail!("applying topics failed ({status})");
+    }
+
+    let data_root = root.join(".tributary").join("data");
+    let mut running = Vec::new();
+    for name in services {
+        let data_dir = data_root.join(name);
+        std::fs::create_dir_all(&data_dir)?;
+        let mut command = Command::new(bin_dir.join(name));
+        command
+            .env("KAFKA_BROKERS", brokers)
+            .env("DATA_DIR", &data_dir)
+            .env(
+                "LOG_FORMAT",
+                std::env::var("LOG_FORMAT").unwrap_or_else(|_| "pretty".into()),
+            );
+        running.push(spawn(name, &mut command)?);
+    }
+
+    println!();
+    println!("Tributary is up. Kafka: {brokers}");
+    if services.is_empty() {
+        println!("  (no services under services/ yet: the broker and topics are ready)");
+    }
+    for name in services {
+        println!("  {name:<16} {}", endpoints(name));
+    }
+    println!("Press Ctrl-C to stop.");
+    println!();
+
+    // Run until Ctrl-C, or until the broker dies (nothing works without it).
+    loop {
+        if stop_rx.recv_timeout(Duration::from_millis(250)).is_ok() {
+            eprintln!("xtask: stopping");
+            break;
+        }
+        for service in &mut running {
+            if let Ok(Some(status)) = service.child.try_wait() {
+                eprintln!("xtask: {} exited ({status})", service.name);
+            }
+        }
+        running.retain_mut(|s| !matches!(s.child.try_wait(), Ok(Some(_))));
+        if let Some(broker) = broker.as_deref_mut() {
+            if let Ok(Some(status)) = broker.child.try_wait() {
+                stop_all(running, SERVICE_GRACE, stop_rx);
+                bail!("the dev broker exited ({status}); see its log lines above");
+            }
+        }
+    }
+    stop_all(running, SERVICE_GRACE, stop_rx);
+    Ok(())
+}
+
+/// Every directory under `services/` with a Cargo.toml; its name is its binary's name.
+fn service_names(root: &Path) -> anyhow::Result<Vec<String>> {
+    let mut names = Vec::new();
+    let dir = root.join("services");
+    if let Ok(entries) = std::fs::read_dir(&dir) {
+        for entry in entries {
+            let path = entry?.path();
+            if path.join("Cargo.toml").is_file() {
+                if let Some(name) = path.file_name() {
+                    names.push(name.to_string_lossy().into_owned());
+                }
+            }
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
+fn start_broker(root: &Path) -> anyhow::Result<Running> {
+    let addr: SocketAddr = DEV_BROKER.parse()?;
+    if TcpStream::connect_timeout(&addr, Duration::from_millis(300)).is_ok() {
+        bail!(
+            "something already listens on {DEV_BROKER}; if it is a Kafka broker, run \
+             `KAFKA_BROKERS={DEV_BROKER} cargo xtask up` to use it"
+        );
+    }
+    let tansu = crate::tansu::ensure()?;
+    let dir = root.join(".tributary").join("broker");
+    std::fs::create_dir_all(&dir)?;
+    eprintln!(
+        "xtask: starting the dev broker on {DEV_BROKER} (data: {})",
+        dir.join("tansu.db").display()
+    );
+    let url = format!("tcp://{DEV_BROKER}");
+    // Tansu reads sqlite:///abs as relative to its working directory: run it in `dir`.
+    let mut command = Command::new(tansu);
+    command
+        .current_dir(&dir)
+        .args([
+            "broker",
+            "--listener-url",
+            &url,
+            "--advertised-listener-url",
+            &url,
+        ])
+        .args(["--storage-engine", "sqlite://tansu.db"]);
+    let broker = spawn("broker", &mut command)?;
+    let started = Instant::now();
+    while TcpStream::connect_timeout(&addr, Duration::from_millis(300)).is_err() {
+        if started.elapsed() > Duration::from_secs(30) {
+            bail!("the dev broker did not listen on {DEV_BROKER} within 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(broker)
+}
+
+/// Starts a child in its own process group (so a terminal Ctrl-C reaches only xtask, which
+/// then stops children in order) with its output prefixed by its name.
+fn spawn(name: &str, command: &mut Command) -> anyhow::Result<Running> {
+    let mut child = command
+        .process_group(0)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {name}"))?;
+    let color = std::io::stdout().is_terminal();
+    if let Some(out) = child.stdout.take() {
+        prefix_lines(name, out, color);
+    }
+    if let Some(err) = child.stderr.take() {
+        prefix_lines(name, err, color);
+    }
+    Ok(Running {
+        name: name.to_owned(),
+        child,
+    })
+}
+
+fn prefix_lines(name: &str, stream: impl Read + Send + 'static, color: bool) {
+    let palette = [32, 33, 34, 35, 36, 92, 93, 94];
+    let hue = palette[name.bytes().map(usize::from).sum::<usize>() % palette.len()];
+    let label = if color {
+        format!("\x1b[{hue}m{name:>16}\x1b[0m |")
+    } else {
+        format!("{name:>16} |")
+    };
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines().map_while(Result::ok) {
+            println!("{label} {line}");
+        }
+    });
+}
+
+/// SIGTERM to every child, wait up to `grace`, then SIGKILL what is left. A second Ctrl-C
+/// skips the wait.
+fn stop_all(mut children: Vec<Running>, grace: Duration, stop_rx: &mpsc::Receiver<()>) {
+    for c in &children {
+        signal(c.child.id(), "TERM");
+    }
+    let started = Instant::now();
+    while !children.is_empty() && started.elapsed() < grace {
+        if stop_rx.recv_timeout(Duration::from_millis(100)).is_ok() {
+            eprintln!("xtask: second Ctrl-C, killing");
+            break;
+        }
+        children.retain_mut(|c| match c.child.try_wait() {
+            Ok(Some(status)) => {
+                eprintln!("xtask: {} stopped ({status})", c.name);
+                false
+            }
+            _ => true,
+        });
+    }
+    for mut c in children {
+        eprintln!("xtask: {} did not stop in time, killing", c.name);
+        let _ = c.child.kill();
+        let _ = c.child.wait();
+    }
+}
+
+/// Sends a signal with the system's `kill`, keeping this crate free of unsafe code.
+fn signal(pid: u32, name: &str) {
+    let _ = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status();
+}
