@@ -113,3 +113,26 @@ fn every_committed_sample_still_decodes() {
         }
     }
 }
+
+#[test]
+fn the_event_catalogue_documents_every_type_and_its_examples_decode() {
+    let path = schemas_dir().join("../docs/events.md");
+    let doc = fs::read_to_string(path).expect("docs/events.md exists");
+    for t in EventType::ALL {
+        assert!(doc.contains(t.name()), "docs/events.md lacks {t}");
+    }
+    let mut examples = 0;
+    for block in doc.split("```json").skip(1) {
+        let json = block.split("```").next().unwrap_or_default();
+        let decoded = Envelope::decode(json.as_bytes());
+        assert!(
+            decoded.is_ok(),
+            "an example in docs/events.md does not decode: {decoded:?}\n{json}"
+        );
+        examples += 1;
+    }
+    assert!(
+        examples >= EventType::ALL.len() - 2,
+        "only {examples} examples"
+    );
+}
