@@ -6,6 +6,8 @@
 //! - `cargo xtask schemas`: rewrites `schemas/` after a compatible change to the event types.
 
 mod cargo;
+#[cfg(test)]
+mod deploy_checks;
 mod tansu;
 mod test;
 mod up;
