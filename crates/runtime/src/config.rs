@@ -1,0 +1,210 @@
+//! Typed configuration every service flattens into its own clap struct.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+use rdkafka::ClientConfig;
+
+use crate::kafka::{PropertyError, parse_properties};
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// One JSON object per line, for log shippers.
+    Json,
+    /// Human-readable, for a terminal.
+    Pretty,
+}
+
+/// Settings shared by every service. Every flag has an environment variable and a default
+/// that runs against the local stack.
+#[derive(Debug, Clone, Args)]
+pub struct RuntimeConfig {
+    /// Kafka bootstrap servers.
+    #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+    pub brokers: String,
+    /// Extra librdkafka properties as `key=value`; repeatable, and `KAFKA_CONFIG` takes a
+    /// comma-separated list. Applied last, so they override the runtime's defaults.
+    #[arg(long = "kafka-config", env = "KAFKA_CONFIG", value_delimiter = ',')]
+    pub kafka_config: Vec<String>,
+    /// Consumer group id (default: the service's name). Dead letters go to `<group>.dlq`.
+    #[arg(long, env = "GROUP_ID")]
+    pub group_id: Option<String>,
+    /// Kafka client id (default: the service's name).
+    #[arg(long, env = "CLIENT_ID")]
+    pub client_id: Option<String>,
+    /// Admin HTTP address (health, readiness, metrics, status); default: the service's port
+    /// on all interfaces.
+    #[arg(long, env = "ADMIN_ADDR")]
+    pub admin_addr: Option<SocketAddr>,
+    /// StatsD/DogStatsD agent address.
+    #[arg(long, env = "STATSD_ADDR", default_value = "127.0.0.1:8125")]
+    pub statsd_addr: String,
+    /// Prefix of every metric name.
+    #[arg(long, env = "METRICS_PREFIX", default_value = "tributary")]
+    pub metrics_prefix: String,
+    /// Log format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
+    pub log_format: LogFormat,
+    /// Directory for local state (stateful services).
+    #[arg(long, env = "DATA_DIR", default_value = "data")]
+    pub data_dir: PathBuf,
+    /// Consumer session timeout; a crashed instance's partitions move after this long.
+    #[arg(long, env = "SESSION_TIMEOUT_MS", default_value_t = 10_000)]
+    pub session_timeout_ms: u64,
+    /// How often processed offsets are committed.
+    #[arg(long, env = "COMMIT_INTERVAL_MS", default_value_t = 1_000)]
+    pub commit_interval_ms: u64,
+    /// Messages read but not yet finished, per partition, before the partition is paused.
+    #[arg(long, env = "MAX_IN_FLIGHT", default_value_t = 5_000)]
+    pub max_in_flight: usize,
+    /// Attempts for a message whose handler fails transiently, before it is dead-lettered.
+    #[arg(long, env = "MAX_ATTEMPTS", default_value_t = 5)]
+    pub max_attempts: u32,
+    /// First retry backoff; doubles per attempt, with jitter, up to `--max-backoff-ms`.
+    #[arg(long, env = "BACKOFF_MS", default_value_t = 200)]
+    pub backoff_ms: u64,
+    /// Longest retry backoff.
+    #[arg(long, env = "MAX_BACKOFF_MS", default_value_t = 10_000)]
+    pub max_backoff_ms: u64,
+    /// How long shutdown may take: finish in-flight work, flush, commit, leave the group.
+    #[arg(long, env = "SHUTDOWN_TIMEOUT_MS", default_value_t = 30_000)]
+    pub shutdown_timeout_ms: u64,
+}
+
+impl RuntimeConfig {
+    /// Defaults for `service`, as if no flag or variable were given (tests start from this).
+    pub fn defaults() -> RuntimeConfig {
+        #[derive(clap::Parser)]
+        struct Wrapper {
+            #[command(flatten)]
+            config: RuntimeConfig,
+        }
+        // An empty command line: the contract defaults (environment variables still apply).
+        let mut config = <Wrapper as clap::Parser>::parse_from(["defaults"]).config;
+        config.brokers = "127.0.0.1:9092".into();
+        config
+    }
+
+    /// The group id, defaulting to the service name.
+    pub fn group(&self, service: &str) -> String {
+        self.group_id.clone().unwrap_or_else(|| service.to_owned())
+    }
+
+    /// The extra librdkafka properties, parsed.
+    pub fn properties(&self) -> Result<Vec<(String, String)>, PropertyError> {
+        parse_properties(&self.kafka_config.join(","))
+    }
+
+    /// Base client settings: brokers and client id; extra properties are applied by callers
+    /// last, after their own defaults.
+    fn base(&self, service: &str) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", &self.brokers)
+            .set(
+                "client.id",
+                self.client_id.clone().unwrap_or_else(|| service.to_owned()),
+            )
+            // librdkafka logs through our context into tracing; keep its own chatter down.
+            .set("log_level", "4");
+        config
+    }
+
+    fn with_extra(&self, mut config: ClientConfig) -> Result<ClientConfig, PropertyError> {
+        for (k, v) in self.properties()? {
+            config.set(k, v);
+        }
+        Ok(config)
+    }
+
+    /// Consumer settings: manual offset storage and commits, earliest reset.
+    pub fn consumer_config(&self, service: &str) -> Result<ClientConfig, PropertyError> {
+        let mut config = self.base(service);
+        config
+            .set("group.id", self.group(service))
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("session.timeout.ms", self.session_timeout_ms.to_string())
+            .set(
+                "heartbeat.interval.ms",
+                (self.session_timeout_ms / 3).max(100).to_string(),
+            )
+            // Partition EOF events would only be noise in the loop.
+            .set("enable.partition.eof", "false");
+        self.with_extra(config)
+    }
+
+    /// Producer settings: idempotent, acknowledged by all in-sync replicas.
+    pub fn producer_config(&self, service: &str) -> Result<ClientConfig, PropertyError> {
+        let mut config = self.base(service);
+        config
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "5")
+            .set("compression.type", "lz4");
+        self.with_extra(config)
+    }
+
+    /// Admin client settings.
+    pub fn admin_config(&self, service: &str) -> Result<ClientConfig, PropertyError> {
+        self.with_extra(self.base(service))
+    }
+
+    /// The shutdown deadline.
+    pub fn shutdown_timeout(&self) -> Duration {
+        Duration::from_millis(self.shutdown_timeout_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        config: RuntimeConfig,
+    }
+
+    #[test]
+    fn defaults_follow_the_contract() {
+        let c = RuntimeConfig::defaults();
+        assert_eq!(c.brokers, "127.0.0.1:9092");
+        assert_eq!(c.statsd_addr, "127.0.0.1:8125");
+        assert_eq!(c.group("enrichment"), "enrichment");
+        assert_eq!(c.session_timeout_ms, 10_000);
+        let consumer = c.consumer_config("enrichment").unwrap();
+        assert_eq!(consumer.get("enable.auto.offset.store"), Some("false"));
+        assert_eq!(consumer.get("session.timeout.ms"), Some("10000"));
+        let producer = c.producer_config("enrichment").unwrap();
+        assert_eq!(producer.get("enable.idempotence"), Some("true"));
+        assert_eq!(producer.get("acks"), Some("all"));
+    }
+
+    #[test]
+    fn repeated_kafka_config_flags_override_defaults() {
+        let cli = Cli::parse_from([
+            "svc",
+            "--kafka-config",
+            "session.timeout.ms=6000",
+            "--kafka-config",
+            "fetch.min.bytes=10,linger.ms=0",
+        ]);
+        let consumer = cli.config.consumer_config("svc").unwrap();
+        assert_eq!(consumer.get("session.timeout.ms"), Some("6000"));
+        assert_eq!(consumer.get("fetch.min.bytes"), Some("10"));
+        let producer = cli.config.producer_config("svc").unwrap();
+        assert_eq!(producer.get("linger.ms"), Some("0"));
+    }
+
+    #[test]
+    fn a_malformed_property_is_an_error_not_ignored() {
+        let cli = Cli::parse_from(["svc", "--kafka-config", "oops"]);
+        assert!(cli.config.consumer_config("svc").is_err());
+    }
+}

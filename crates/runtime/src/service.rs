@@ -1,0 +1,277 @@
+//! Starting a consumer service: owned topics, clients, the loop, admin HTTP, and an orderly
+//! stop.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{FutureProducer, Producer};
+
+use crate::admin::{self, Health};
+use crate::config::RuntimeConfig;
+use crate::consumer::{LoopContext, LoopSettings, Shared, poll_loop};
+use crate::processor::{Output, Processor};
+use crate::topics::{self, TopicSpec};
+use crate::{Shutdown, metrics};
+
+/// Why a service could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// Invalid configuration.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// A Kafka client could not be created.
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    /// The admin port could not be bound.
+    #[error("admin server: {0}")]
+    Io(#[from] std::io::Error),
+    /// A task failed.
+    #[error("{0}")]
+    Task(String),
+}
+
+/// What a consumer service is: its name (the default group id and client id), the topics
+/// it reads, and its default admin port.
+#[derive(Debug)]
+pub struct ServiceSpec {
+    /// Service name.
+    pub name: String,
+    /// Input topics.
+    pub inputs: Vec<String>,
+    /// Admin port used when `--admin-addr` is not given.
+    pub admin_port: u16,
+    /// Extra admin routes (merged into the admin router).
+    pub admin_routes: Option<axum::Router>,
+}
+
+impl ServiceSpec {
+    /// A service reading `inputs`, with its admin API on `admin_port` by default.
+    pub fn new(name: &str, inputs: &[&str], admin_port: u16) -> ServiceSpec {
+        ServiceSpec {
+            name: name.to_owned(),
+            inputs: inputs.iter().map(|s| (*s).to_owned()).collect(),
+            admin_port,
+            admin_routes: None,
+        }
+    }
+}
+
+/// A started service.
+#[derive(Debug)]
+pub struct Running {
+    /// Where the admin HTTP server listens.
+    pub admin_addr: SocketAddr,
+    /// The service's health, shared with its admin endpoints.
+    pub health: Health,
+    task: tokio::task::JoinHandle<Result<(), RuntimeError>>,
+}
+
+impl Running {
+    /// Waits until the service stopped (after its shutdown signal fired).
+    pub async fn wait(self) -> Result<(), RuntimeError> {
+        self.task
+            .await
+            .map_err(|e| RuntimeError::Task(format!("service task: {e}")))?
+    }
+}
+
+/// Starts a consumer service and returns once its admin server listens; the service runs
+/// until `shutdown` fires.
+pub async fn start<P: Processor>(
+    spec: ServiceSpec,
+    config: RuntimeConfig,
+    processor: P,
+    shutdown: Shutdown,
+) -> Result<Running, RuntimeError> {
+    let name = spec.name.clone();
+    let metrics = metrics::install(&config.metrics_prefix, &config.statsd_addr, &name);
+    let group = config.group(&name);
+    let dlq_topic = tributary_events::topics::dlq(&group);
+    let health = Health::consumer(&name, &group, &dlq_topic);
+    let mut router = admin::router(health.clone(), metrics);
+    if let Some(extra) = spec.admin_routes {
+        router = router.merge(extra);
+    }
+    let admin_stop = Shutdown::new();
+    let addr = config
+        .admin_addr
+        .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], spec.admin_port)));
+    let (admin_addr, admin_task) = admin::serve(addr, router, admin_stop.clone()).await?;
+    tracing::info!(service = %name, group = %group, admin = %admin_addr, "Starting");
+
+    let settings = LoopSettings {
+        service: name.clone(),
+        dlq_topic: dlq_topic.clone(),
+        max_in_flight: config.max_in_flight,
+        max_attempts: config.max_attempts.max(1),
+        backoff: Duration::from_millis(config.backoff_ms),
+        max_backoff: Duration::from_millis(config.max_backoff_ms),
+        commit_interval: Duration::from_millis(config.commit_interval_ms.max(10)),
+        shutdown_timeout: config.shutdown_timeout(),
+    };
+    let task_health = health.clone();
+    let task = tokio::spawn(async move {
+        let result = run_loop(
+            &name,
+            &spec.inputs,
+            &config,
+            settings,
+            Arc::new(processor),
+            task_health,
+            shutdown,
+        )
+        .await;
+        admin_stop.trigger();
+        let _ = admin_task.await;
+        if let Err(e) = &result {
+            tracing::error!(error = %e, "Service failed");
+        } else {
+            tracing::info!("Stopped");
+        }
+        result
+    });
+    Ok(Running {
+        admin_addr,
+        health,
+        task,
+    })
+}
+
+/// Starts a consumer service and runs it until `shutdown` fires and it stopped.
+pub async fn run<P: Processor>(
+    spec: ServiceSpec,
+    config: RuntimeConfig,
+    processor: P,
+    shutdown: Shutdown,
+) -> Result<(), RuntimeError> {
+    start(spec, config, processor, shutdown).await?.wait().await
+}
+
+async fn run_loop<P: Processor>(
+    name: &str,
+    inputs: &[String],
+    config: &RuntimeConfig,
+    settings: LoopSettings,
+    processor: Arc<P>,
+    health: Health,
+    shutdown: Shutdown,
+) -> Result<(), RuntimeError> {
+    let config_error = |e: crate::kafka::PropertyError| RuntimeError::Config(e.to_string());
+    let admin_config = config.admin_config(name).map_err(config_error)?;
+
+    // The dead-letter topic is ours to create: the dev broker creates nothing on first
+    // use, and a production cluster may not allow auto-creation either.
+    let owned = [TopicSpec::new(&settings.dlq_topic, 1)
+        .with_config("cleanup.policy", "delete")
+        .with_config("retention.ms", "2592000000")];
+    let mut delay = Duration::from_millis(250);
+    loop {
+        match topics::apply(&admin_config, &owned, -1, false).await {
+            Ok(_) => break,
+            Err(e) => {
+                health.set_broker_reachable(false);
+                tracing::warn!(error = %e, "Cannot ensure owned topics; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown.wait() => return Ok(()),
+                }
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+    health.set_broker_reachable(true);
+
+    let producer: FutureProducer = config
+        .producer_config(name)
+        .map_err(config_error)?
+        .create()?;
+    let shared = Shared::new(
+        settings.clone(),
+        processor.clone(),
+        producer.clone(),
+        health.clone(),
+        shutdown.clone(),
+    );
+    let mut consumer_config = config.consumer_config(name).map_err(config_error)?;
+    if consumer_config.get("statistics.interval.ms").is_none() {
+        // Statistics carry each partition's high watermark, for lag without extra requests.
+        consumer_config.set("statistics.interval.ms", "1000");
+    }
+    let consumer: BaseConsumer<LoopContext<P>> =
+        consumer_config.create_with_context(LoopContext {
+            shared: shared.clone(),
+        })?;
+    let topics: Vec<&str> = inputs.iter().map(String::as_str).collect();
+    consumer.subscribe(&topics)?;
+
+    let watchdog = tokio::spawn(watch_broker(
+        producer.clone(),
+        health.clone(),
+        shutdown.clone(),
+    ));
+    let ticker = tokio::spawn(tick(processor, shared.clone(), shutdown.clone()));
+
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    let poll_shared = shared.clone();
+    std::thread::Builder::new()
+        .name(format!("{name}-poll"))
+        .spawn(move || {
+            poll_loop(consumer, poll_shared);
+            let _ = done_tx.send(());
+        })?;
+
+    shutdown.wait().await;
+    // The poll thread drains and commits within the shutdown deadline; closing the
+    // consumer can hang when the broker is gone (rust-rdkafka #509), so bound the wait.
+    let grace = settings.shutdown_timeout + Duration::from_secs(5);
+    if tokio::time::timeout(grace, done_rx).await.is_err() {
+        tracing::warn!("Consumer did not close in time");
+    }
+    ticker.abort();
+    watchdog.abort();
+    let flush = tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(5)));
+    match flush.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "Producer flush incomplete"),
+        Err(e) => tracing::warn!(error = %e, "Producer flush task failed"),
+    }
+    Ok(())
+}
+
+/// Marks the broker reachable or not, every two seconds.
+async fn watch_broker(producer: FutureProducer, health: Health, shutdown: Shutdown) {
+    while !shutdown.is_triggered() {
+        let client = producer.clone();
+        let reachable = tokio::task::spawn_blocking(move || {
+            client
+                .client()
+                .fetch_metadata(None, Duration::from_secs(2))
+                .is_ok()
+        })
+        .await
+        .unwrap_or(false);
+        health.set_broker_reachable(reachable);
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+            _ = shutdown.wait() => {}
+        }
+    }
+}
+
+/// Calls the processor's `on_tick` every second and publishes what it returns.
+async fn tick<P: Processor>(processor: Arc<P>, shared: Arc<Shared<P>>, shutdown: Shutdown) {
+    let mut interval = tokio::time::interval(Duration::from_secs(1));
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    while !shutdown.is_triggered() {
+        tokio::select! {
+            _ = interval.tick() => {}
+            _ = shutdown.wait() => break,
+        }
+        let outputs: Vec<Output> = processor.on_tick().await;
+        if !outputs.is_empty() {
+            shared.publish(outputs).await;
+        }
+    }
+}
