@@ -375,12 +375,14 @@ async fn worker<P: Processor>(
     mut rx: mpsc::UnboundedReceiver<OwnedMessage>,
 ) {
     loop {
-        // On shutdown, finish what was already read, then stop.
+        // On revoke or shutdown, stop after the message in hand: messages queued but not
+        // started stay uncommitted and go to whoever reads the partition next, which keeps
+        // the stop time bounded by one message, not by the prefetched backlog.
         let message = tokio::select! {
             biased;
             _ = ctl.revoked.cancelled() => None,
+            _ = shared.shutdown.wait() => None,
             message = rx.recv() => message,
-            _ = shared.shutdown.wait() => rx.try_recv().ok(),
         };
         match message {
             Some(message) => handle(&shared, &ctl, message).await,

@@ -22,7 +22,8 @@
 //!   counted, and recovered from by rejoining.
 //! - **Bounded memory.** A partition with too much unfinished work is paused and resumed
 //!   once half of it finished; a full producer queue back-pressures the partition's worker.
-//! - **Orderly shutdown.** On SIGTERM/SIGINT: stop fetching, finish in-flight work, commit,
+//! - **Orderly shutdown.** On SIGTERM/SIGINT: stop fetching, finish the message in hand on
+//!   each partition and await its outputs (queued messages stay uncommitted), commit,
 //!   leave the group, flush the producer, within a deadline (default 30 s); a second signal
 //!   exits at once.
 //!

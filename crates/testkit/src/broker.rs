@@ -82,7 +82,8 @@ fn free_port() -> Result<u16> {
 }
 
 impl TestBroker {
-    /// Starts a broker with in-memory storage on a free port.
+    /// Starts a broker with in-memory storage on a free port: the fastest, for benchmarks
+    /// and tests that never resume a consumer mid-stream (see [`shared`](Self::shared)).
     pub fn start() -> Result<TestBroker> {
         TestBroker::start_with(Storage::Memory)
     }
@@ -113,9 +114,15 @@ impl TestBroker {
     /// One broker per test binary, started on first use. Tests isolate themselves with
     /// unique topic and group names. The process ends with the test binary: the watchdog
     /// sees its stdin close however the binary exits.
+    ///
+    /// It stores to SQLite, not memory: Tansu 0.6's memory engine serves a fetch only from
+    /// whole batches whose base offset is at or after the requested offset, so a consumer
+    /// resuming from a committed offset inside a producer batch silently skips the rest of
+    /// that batch. Every test that restarts or rebalances a consumer would be testing that
+    /// bug instead of our code. SQLite stores records one by one and has no such gap.
     pub fn shared() -> &'static TestBroker {
         static SHARED: OnceLock<TestBroker> = OnceLock::new();
-        SHARED.get_or_init(|| match TestBroker::start() {
+        SHARED.get_or_init(|| match TestBroker::start_durable() {
             Ok(broker) => broker,
             Err(e) => panic!("cannot start the shared test broker: {e}"),
         })
