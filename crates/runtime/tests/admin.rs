@@ -34,7 +34,12 @@ async fn readiness_follows_assignment_and_metrics_and_status_report_the_work() {
 
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let status = http.get(format!("{base}/readyz")).send().await.unwrap().status();
+        let status = http
+            .get(format!("{base}/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status();
         if status == 200 {
             break;
         }
@@ -49,15 +54,29 @@ async fn readiness_follows_assignment_and_metrics_and_status_report_the_work() {
     // the consumer caught up (lag 0 everywhere, positions summing to 30).
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let status = loop {
-        let status: Value = http.get(format!("{base}/status")).send().await.unwrap().json().await.unwrap();
+        let status: Value = http
+            .get(format!("{base}/status"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         let partitions = status["partitions"].as_array().unwrap();
         let caught_up = partitions.len() == 3
             && partitions.iter().all(|p| p["lag"] == 0)
-            && partitions.iter().map(|p| p["position"].as_i64().unwrap_or(0)).sum::<i64>() == 30;
+            && partitions
+                .iter()
+                .map(|p| p["position"].as_i64().unwrap_or(0))
+                .sum::<i64>()
+                == 30;
         if caught_up {
             break status;
         }
-        assert!(std::time::Instant::now() < deadline, "status never caught up: {status}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "status never caught up: {status}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert_eq!(status["service"], "runtime-test");
@@ -79,7 +98,10 @@ async fn readiness_follows_assignment_and_metrics_and_status_report_the_work() {
     ] {
         assert!(text.contains(name), "/metrics lacks {name}:\n{text}");
     }
-    assert!(text.contains(&format!("topic=\"{topic}\"")), "per-topic labels");
+    assert!(
+        text.contains(&format!("topic=\"{topic}\"")),
+        "per-topic labels"
+    );
 
     shutdown.trigger();
     running.wait().await.unwrap();

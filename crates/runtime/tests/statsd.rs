@@ -25,7 +25,9 @@ async fn metrics_arrive_at_the_statsd_agent_with_dogstatsd_tags() {
     let mut seen = String::new();
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut buf = vec![0u8; 65_536];
-    while !(seen.contains("tributary.messages.in:") && seen.contains("tributary.processing.seconds:")) {
+    while !(seen.contains("tributary.messages.in:")
+        && seen.contains("tributary.processing.seconds:"))
+    {
         let remaining = deadline.saturating_duration_since(Instant::now());
         let n = tokio::time::timeout(remaining, agent.recv(&mut buf))
             .await
@@ -39,7 +41,10 @@ async fn metrics_arrive_at_the_statsd_agent_with_dogstatsd_tags() {
         .find(|l| l.starts_with("tributary.messages.in:"))
         .unwrap();
     assert!(line.contains("|c"), "a counter: {line}");
-    assert!(line.contains(&format!("topic:{topic}")), "DogStatsD tag: {line}");
+    assert!(
+        line.contains(&format!("topic:{topic}")),
+        "DogStatsD tag: {line}"
+    );
     assert!(line.contains("service:runtime-test"), "default tag: {line}");
     shutdown.trigger();
     running.wait().await.unwrap();

@@ -23,7 +23,10 @@ async fn outputs_carry_the_trace_id_of_their_input() {
 
     let traced = TraceParent::new_root();
     broker
-        .produce_envelopes(&input, &[stock("traced", 1).with_trace(traced), stock("untraced", 2)])
+        .produce_envelopes(
+            &input,
+            &[stock("traced", 1).with_trace(traced), stock("untraced", 2)],
+        )
         .await
         .unwrap();
     let records = broker
