@@ -11,3 +11,7 @@ test:
 # Regenerate schemas/ after a compatible change to the event types.
 schemas:
     cargo xtask schemas
+
+# Benchmarks next to same-run baselines, written to docs/benchmarks.md.
+bench *ARGS:
+    cargo xtask bench {{ARGS}}

@@ -3,8 +3,10 @@
 //! - `cargo xtask test`: installs the dev broker if missing, then fmt, clippy and every test.
 //! - `cargo xtask up [--demo]`: builds, starts the dev broker (unless `KAFKA_BROKERS` is
 //!   set), applies `deploy/topics.yaml`, starts every service, stops them all on Ctrl-C.
+//! - `cargo xtask bench`: benchmarks next to same-run baselines, into `docs/benchmarks.md`.
 //! - `cargo xtask schemas`: rewrites `schemas/` after a compatible change to the event types.
 
+mod bench;
 mod cargo;
 #[cfg(test)]
 mod deploy_checks;
@@ -22,6 +24,8 @@ commands:
   up         build release binaries, start the dev broker (unless KAFKA_BROKERS is set),
              create the topics, start every service; Ctrl-C stops everything
              options: --demo (load a demo catalog through ingest)
+  bench      run the benchmarks against baselines measured in the same run and write
+             docs/benchmarks.md; options: --messages N (default 1000000)
   schemas    regenerate schemas/ from the event types (refused if incompatible)";
 
 fn main() -> ExitCode {
@@ -29,6 +33,7 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("test") => test::run(&args[1..]),
         Some("up") => up::run(&args[1..]),
+        Some("bench") => bench::run(&args[1..]),
         Some("schemas") => cargo::run(
             &["test", "-q", "-p", "tributary-events", "--test", "schemas"],
             &[("UPDATE_SCHEMAS", "1")],

@@ -58,8 +58,18 @@ impl std::fmt::Display for Violation {
 
 /// Appends one reference token to a JSON pointer, escaping `~` and `/` as RFC 6901 says.
 pub fn pointer_push(base: &str, token: &str) -> String {
-    let escaped = token.replace('~', "~0").replace('/', "~1");
-    format!("{base}/{escaped}")
+    let mut path = base.to_owned();
+    push_token(&mut path, token);
+    path
+}
+
+fn push_token(path: &mut String, token: &str) {
+    path.push('/');
+    if token.contains(['~', '/']) {
+        path.push_str(&token.replace('~', "~0").replace('/', "~1"));
+    } else {
+        path.push_str(token);
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -272,7 +282,9 @@ impl Node {
         Ok(node)
     }
 
-    fn check(&self, value: &Value, path: &str, out: &mut Vec<Violation>) {
+    /// Checks `value` at `path`; `path` is one buffer extended and truncated on the way
+    /// down, so a valid document costs no path allocations.
+    fn check(&self, value: &Value, path: &mut String, out: &mut Vec<Violation>) {
         if out.len() >= MAX_VIOLATIONS {
             return;
         }
@@ -280,14 +292,14 @@ impl Node {
         if !self.types.is_empty() && !self.types.iter().any(|t| t.accepts(actual)) {
             let expected: Vec<&str> = self.types.iter().map(|t| t.name()).collect();
             out.push(Violation::new(
-                path,
+                path.as_str(),
                 format!("expected {}, got {}", expected.join(" or "), actual.name()),
             ));
             return;
         }
         if let Some(constant) = &self.constant {
             if constant != value {
-                out.push(Violation::new(path, format!("must be {constant}")));
+                out.push(Violation::new(path.as_str(), format!("must be {constant}")));
                 return;
             }
         }
@@ -295,7 +307,7 @@ impl Node {
             if !values.contains(value) {
                 let list: Vec<String> = values.iter().map(Value::to_string).collect();
                 out.push(Violation::new(
-                    path,
+                    path.as_str(),
                     format!("must be one of {}", list.join(", ")),
                 ));
                 return;
@@ -388,12 +400,12 @@ impl Node {
         }
     }
 
-    fn check_array(&self, items: &[Value], path: &str, out: &mut Vec<Violation>) {
+    fn check_array(&self, items: &[Value], path: &mut String, out: &mut Vec<Violation>) {
         let len = items.len() as u64;
         if let Some(min) = self.min_items {
             if len < min {
                 out.push(Violation::new(
-                    path,
+                    path.as_str(),
                     format!("must have at least {min} items"),
                 ));
             }
@@ -401,7 +413,7 @@ impl Node {
         if let Some(max) = self.max_items {
             if len > max {
                 out.push(Violation::new(
-                    path,
+                    path.as_str(),
                     format!("must have at most {max} items, got {len}"),
                 ));
                 return;
@@ -409,12 +421,15 @@ impl Node {
         }
         if let Some(node) = &self.items {
             for (i, item) in items.iter().enumerate() {
-                node.check(item, &pointer_push(path, &i.to_string()), out);
+                let len = path.len();
+                push_token(path, &i.to_string());
+                node.check(item, path, out);
+                path.truncate(len);
             }
         }
     }
 
-    fn check_object(&self, map: &Map<String, Value>, path: &str, out: &mut Vec<Violation>) {
+    fn check_object(&self, map: &Map<String, Value>, path: &mut String, out: &mut Vec<Violation>) {
         for name in &self.required {
             if !map.contains_key(name) {
                 out.push(Violation::new(pointer_push(path, name), "is required"));
@@ -423,7 +438,7 @@ impl Node {
         if let Some(max) = self.max_properties {
             if map.len() as u64 > max {
                 out.push(Violation::new(
-                    path,
+                    path.as_str(),
                     format!("must have at most {max} entries, got {}", map.len()),
                 ));
                 return;
@@ -431,26 +446,34 @@ impl Node {
         }
         for (name, node) in &self.properties {
             if let Some(child) = map.get(name) {
-                node.check(child, &pointer_push(path, name), out);
+                let len = path.len();
+                push_token(path, name);
+                node.check(child, path, out);
+                path.truncate(len);
             }
         }
         let extra = map
             .iter()
             .filter(|(name, _)| !self.properties.iter().any(|(known, _)| known == *name));
         for (name, child) in extra {
-            let child_path = pointer_push(path, name);
+            if self.property_names.is_none() && self.additional.is_none() {
+                continue;
+            }
+            let len = path.len();
+            push_token(path, name);
             if let Some(names) = &self.property_names {
-                names.check(&Value::String(name.clone()), &child_path, out);
+                names.check(&Value::String(name.clone()), path, out);
             }
             // Unknown fields are ignored (readers ignore unknown fields) unless the schema
             // types them, as it does for the values of a free-form map.
             if let Some(node) = &self.additional {
-                node.check(child, &child_path, out);
+                node.check(child, path, out);
             }
+            path.truncate(len);
         }
     }
 
-    fn check_any_of(&self, value: &Value, path: &str, out: &mut Vec<Violation>) {
+    fn check_any_of(&self, value: &Value, path: &mut String, out: &mut Vec<Violation>) {
         let mut best: Option<Vec<Violation>> = None;
         for branch in &self.any_of {
             let mut found = Vec::new();
@@ -474,7 +497,7 @@ impl Node {
                     .flat_map(|b| b.types.iter().map(|t| t.name()))
                     .collect();
                 out.push(Violation::new(
-                    path,
+                    path.as_str(),
                     format!(
                         "expected {}, got {}",
                         expected.join(" or "),
@@ -545,7 +568,7 @@ impl Validator {
     /// Every violation of `value` (at most [`MAX_VIOLATIONS`]); empty when it is valid.
     pub fn validate(&self, value: &Value) -> Vec<Violation> {
         let mut out = Vec::new();
-        self.root.check(value, "", &mut out);
+        self.root.check(value, &mut String::new(), &mut out);
         out.truncate(MAX_VIOLATIONS);
         out
     }

@@ -1,0 +1,133 @@
+//! `cargo xtask bench`: every benchmark next to a baseline measured in the same run, written
+//! as a table to `docs/benchmarks.md` with the machine it ran on.
+
+use std::fmt::Write as _;
+use std::process::Command;
+
+use anyhow::{Context, bail};
+use serde_json::Value;
+
+use crate::cargo::{self, workspace_root};
+
+/// What each benchmark's baseline is, for the reader of the table.
+const NOTES: &str = "\
+- **consumer_loop**: `tributary-runtime`'s loop (decode and validate every envelope, per-partition \
+workers, watermark commits, and in pass-through an acknowledged output per input) against a bare \
+rdkafka `BaseConsumer` on the same topic, broker and run (the bare consumer neither decodes nor \
+commits; in pass-through it produces each payload unchanged and awaits every ack). 6 partitions, \
+Tansu with memory storage on the same machine. Both sides are bounded by the dev broker here: \
+read the ratio, not the absolute rate.
+- **decode**: `Envelope::decode` (parse, validate every field against the generated schema, \
+build the typed event) against `serde_json::from_slice::<Value>` of the same bytes, the floor \
+any JSON consumer pays. One core, no broker.";
+
+pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
+    let mut messages = "1000000".to_owned();
+    let mut iter = args.iter();
+    while let Some(arg) = iter.next() {
+        match arg.as_str() {
+            "--messages" => messages = iter.next().context("--messages needs a number")?.clone(),
+            other => bail!("unknown option {other:?} (cargo xtask bench [--messages N])"),
+        }
+    }
+    let tansu = crate::tansu::ensure()?;
+    let tansu = tansu.to_string_lossy().into_owned();
+    let mut rows = Vec::new();
+    for (package, bench) in [
+        ("tributary-events", "decode"),
+        ("tributary-runtime", "consumer_loop"),
+    ] {
+        eprintln!("xtask: benchmark {bench}");
+        let output = cargo::cargo()
+            .args(["bench", "-q", "-p", package, "--bench", bench])
+            .env("TANSU_BIN", &tansu)
+            .env("BENCH_MESSAGES", &messages)
+            .env("RUST_LOG", "warn")
+            .output()
+            .with_context(|| format!("running benchmark {bench}"))?;
+        if !output.status.success() {
+            eprintln!("{}", String::from_utf8_lossy(&output.stderr));
+            bail!("benchmark {bench} failed ({})", output.status);
+        }
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        for line in stdout.lines().filter(|l| l.starts_with('{')) {
+            let row: Value = serde_json::from_str(line).context("benchmark output")?;
+            println!("{line}");
+            rows.push(row);
+        }
+    }
+    let doc = render(&rows);
+    let path = workspace_root().join("docs").join("benchmarks.md");
+    std::fs::write(&path, doc)?;
+    println!("xtask bench: wrote {}", path.display());
+    Ok(())
+}
+
+fn render(rows: &[Value]) -> String {
+    let mut doc = String::from(
+        "# Benchmarks\n\nWritten by `cargo xtask bench`; every number sits next to a baseline \
+         measured in the same run on the same machine, and the ratio is ours / baseline.\n\n",
+    );
+    let _ = writeln!(doc, "## Machine\n\n{}\n", machine());
+    doc.push_str("## Results\n\n");
+    doc.push_str("| benchmark | scenario | messages | record bytes | ours (msg/s) | baseline (msg/s) | ratio |\n");
+    doc.push_str("|---|---|---:|---:|---:|---:|---:|\n");
+    for row in rows {
+        let _ = writeln!(
+            doc,
+            "| {} | {} | {} | {} | {} | {} | {:.2} |",
+            row["bench"].as_str().unwrap_or_default(),
+            row["scenario"].as_str().unwrap_or_default(),
+            row["messages"],
+            row["record_bytes"],
+            thousands(row["ours_per_s"].as_f64().unwrap_or_default()),
+            thousands(row["baseline_per_s"].as_f64().unwrap_or_default()),
+            row["ratio"].as_f64().unwrap_or_default(),
+        );
+    }
+    let _ = write!(doc, "\n## What each baseline is\n\n{NOTES}\n");
+    doc
+}
+
+fn thousands(v: f64) -> String {
+    let digits = format!("{:.0}", v);
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn machine() -> String {
+    let read = |path: &str| std::fs::read_to_string(path).unwrap_or_default();
+    let cpu = read("/proc/cpuinfo")
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, usize::from);
+    let memory_gib = read("/proc/meminfo")
+        .lines()
+        .find(|l| l.starts_with("MemTotal"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0 / 1024.0);
+    let command = |program: &str, args: &[&str]| {
+        Command::new(program)
+            .args(args)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .unwrap_or_default()
+    };
+    format!(
+        "- CPU: {cpu}, {cores} cores available\n- memory: {memory_gib:.0} GiB\n- {}\n- kernel: {}\n- broker: tansu {} (memory storage), on the same machine\n- date: {}",
+        command("rustc", &["--version"]),
+        command("uname", &["-sr"]),
+        crate::tansu::VERSION,
+        command("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
+    )
+}
