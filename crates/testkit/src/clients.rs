@@ -175,6 +175,8 @@ impl TestBroker {
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("linger.ms", "5")
+            // A test that cannot deliver should fail in seconds, not after 5 minutes.
+            .set("message.timeout.ms", "30000")
             .create()?)
     }
 
