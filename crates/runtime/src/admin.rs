@@ -28,6 +28,8 @@ pub struct PartitionStatus {
     pub high_watermark: Option<i64>,
     /// `high_watermark - position`.
     pub lag: Option<i64>,
+    /// Messages read and not yet finished.
+    pub in_flight: usize,
 }
 
 #[derive(Debug, Default)]

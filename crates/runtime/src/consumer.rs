@@ -95,6 +95,7 @@ impl PartitionCtl {
             position,
             high_watermark,
             lag: high_watermark.map(|hw| (hw - position.unwrap_or(0)).max(0)),
+            in_flight: self.in_flight.load(Ordering::Acquire),
         }
     }
 }
@@ -191,8 +192,13 @@ impl<P: Processor> Shared<P> {
     }
 
     /// Hands a message to its partition's worker, recording it as in flight first so the
-    /// watermark can never pass it.
-    fn route(&self, message: OwnedMessage, cache: &mut Option<Arc<PartitionCtl>>) {
+    /// watermark can never pass it; pauses the partition the moment its budget is full.
+    fn route<C: ConsumerContext>(
+        &self,
+        consumer: &BaseConsumer<C>,
+        message: OwnedMessage,
+        cache: &mut Option<Arc<PartitionCtl>>,
+    ) {
         let hit = cache
             .as_ref()
             .is_some_and(|c| c.partition == message.partition() && *c.topic == *message.topic());
@@ -205,11 +211,19 @@ impl<P: Processor> Shared<P> {
             return;
         };
         ctl.tracker().begin(message.offset());
-        ctl.in_flight.fetch_add(1, Ordering::AcqRel);
+        let in_flight = ctl.in_flight.fetch_add(1, Ordering::AcqRel) + 1;
         ctl.messages_in.increment(1);
         if ctl.tx.send(message).is_err() {
             // The worker is gone (revoked): leave the offset unfinished, uncommitted.
             ctl.in_flight.fetch_sub(1, Ordering::AcqRel);
+        }
+        if in_flight >= self.settings.max_in_flight.max(1) && !ctl.paused.load(Ordering::Acquire) {
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition(&ctl.topic, ctl.partition);
+            // Pausing also drops what librdkafka prefetched for it, so the budget holds.
+            if consumer.pause(&tpl).is_ok() {
+                ctl.paused.store(true, Ordering::Release);
+            }
         }
     }
 
@@ -748,7 +762,7 @@ pub(crate) fn poll_loop<P: Processor>(
     while !shared.shutdown.is_triggered() {
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(message)) => {
-                shared.route(message.detach(), &mut cache);
+                shared.route(&consumer, message.detach(), &mut cache);
             }
             Some(Err(KafkaError::MessageConsumption(RDKafkaErrorCode::PollExceeded))) => {
                 counter!(names::MAX_POLL_EXCEEDED).increment(1);
@@ -764,11 +778,11 @@ pub(crate) fn poll_loop<P: Processor>(
         }
         if last_housekeeping.elapsed() >= Duration::from_millis(50) {
             shared.apply_backpressure(&consumer);
+            shared.publish_status();
             last_housekeeping = Instant::now();
         }
         if last_commit.elapsed() >= settings.commit_interval {
             shared.commit(&consumer, None);
-            shared.publish_status();
             last_commit = Instant::now();
         }
     }
