@@ -46,7 +46,7 @@ pub mod topics;
 pub use admin::Health;
 pub use config::{LogFormat, RuntimeConfig};
 pub use processor::{Incoming, Output, ProcessError, Processor};
-pub use service::{Running, RuntimeError, ServiceSpec, run, start};
+pub use service::{Running, RuntimeError, ServiceSpec, run, start, watch_broker};
 pub use shutdown::Shutdown;
 
 /// The Kafka client, re-exported so tools use the exact version the runtime does.

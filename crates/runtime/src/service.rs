@@ -240,8 +240,8 @@ async fn run_loop<P: Processor>(
     Ok(())
 }
 
-/// Marks the broker reachable or not, every two seconds.
-async fn watch_broker(producer: FutureProducer, health: Health, shutdown: Shutdown) {
+/// Marks the broker reachable or not, every two seconds, until `shutdown`.
+pub async fn watch_broker(producer: FutureProducer, health: Health, shutdown: Shutdown) {
     while !shutdown.is_triggered() {
         let client = producer.clone();
         let reachable = tokio::task::spawn_blocking(move || {

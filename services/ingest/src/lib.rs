@@ -1,0 +1,319 @@
+//! Ingest: the HTTP front door of every fact. It validates events (reporting every
+//! violation), wraps them in envelopes, and answers 202 only once the broker acknowledged
+//! every one; with signing, idempotency keys, size and rate limits and back-pressure.
+
+pub mod body;
+pub mod config;
+pub mod error;
+pub mod events;
+pub mod idempotency;
+pub mod publish;
+pub mod rate;
+pub mod signing;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, post};
+use chrono::Utc;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use tributary_events::TraceParent;
+use tributary_runtime::rdkafka::producer::{FutureProducer, Producer};
+use tributary_runtime::{Health, Shutdown, admin, metrics as runtime_metrics};
+
+pub use config::IngestConfig;
+use error::ApiError;
+use events::{Ids, Route};
+use idempotency::{Begin, Store};
+
+/// The admin port of ingest (CONTRACTS.md).
+pub const ADMIN_PORT: u16 = 9101;
+
+/// Messages the producer queue holds; requests beyond it are answered 503.
+const QUEUE_CAPACITY: usize = 100_000;
+
+struct AppState {
+    config: IngestConfig,
+    verifier: signing::Verifier,
+    limiter: rate::RateLimiter,
+    idempotency: Store,
+    publisher: publish::Publisher,
+}
+
+/// A started ingest.
+#[derive(Debug)]
+pub struct Running {
+    /// Public API address.
+    pub api_addr: SocketAddr,
+    /// Admin address.
+    pub admin_addr: SocketAddr,
+    /// Health shared with the admin endpoints.
+    pub health: Health,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Running {
+    /// Waits until ingest stopped (after its shutdown signal fired).
+    pub async fn wait(self) -> anyhow::Result<()> {
+        self.task.await.context("ingest task")?
+    }
+}
+
+/// Starts ingest: admin and API servers listen when this returns.
+pub async fn start(config: IngestConfig, shutdown: Shutdown) -> anyhow::Result<Running> {
+    let runtime = &config.runtime;
+    let metrics = runtime_metrics::install(&runtime.metrics_prefix, &runtime.statsd_addr, "ingest");
+    let health = Health::new("ingest", None);
+    let admin_stop = Shutdown::new();
+    let admin_addr = runtime
+        .admin_addr
+        .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], ADMIN_PORT)));
+    let (admin_addr, admin_task) = admin::serve(
+        admin_addr,
+        admin::router(health.clone(), metrics),
+        admin_stop.clone(),
+    )
+    .await?;
+
+    let keys = config.keys()?;
+    if keys.is_empty() {
+        tracing::warn!("No client keys configured: the API accepts unsigned requests");
+    }
+    let mut producer_config = runtime.producer_config("ingest")?;
+    let overridden = runtime
+        .properties()?
+        .iter()
+        .any(|(k, _)| k == "message.timeout.ms");
+    if !overridden {
+        // Give up on a message when the request gives up on it, so a 503 is not followed by
+        // a late publication the client does not know about.
+        producer_config.set(
+            "message.timeout.ms",
+            config.publish_timeout_ms.max(1).to_string(),
+        );
+    }
+    producer_config.set("queue.buffering.max.messages", QUEUE_CAPACITY.to_string());
+    let producer: FutureProducer = producer_config.create()?;
+
+    let burst = config.rate_burst.unwrap_or(config.rate_limit.max(1.0));
+    let state = Arc::new(AppState {
+        verifier: signing::Verifier::new(keys, config.signature_max_age_secs),
+        limiter: rate::RateLimiter::new(config.rate_limit, burst),
+        idempotency: Store::new(
+            Duration::from_secs(config.idempotency_window_secs),
+            config.idempotency_capacity,
+        ),
+        publisher: publish::Publisher::new(
+            producer.clone(),
+            config.publish_timeout(),
+            QUEUE_CAPACITY,
+        ),
+        config: config.clone(),
+    });
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding {}", config.listen))?;
+    let api_addr = listener.local_addr()?;
+    tracing::info!(api = %api_addr, admin = %admin_addr, "Ingest listening");
+
+    let watch = tokio::spawn(tributary_runtime::watch_broker(
+        producer.clone(),
+        health.clone(),
+        shutdown.clone(),
+    ));
+    let app = router(state);
+    let task_health = health.clone();
+    let task = tokio::spawn(async move {
+        let stop = shutdown.clone();
+        // Graceful: stop accepting, let in-flight requests finish (they await their acks).
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { stop.wait().await })
+            .await;
+        task_health.set_shutting_down();
+        watch.abort();
+        let flushed =
+            tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(10))).await;
+        if let Ok(Err(e)) = flushed {
+            tracing::warn!(error = %e, "Producer flush incomplete");
+        }
+        admin_stop.trigger();
+        let _ = admin_task.await;
+        served.context("API server")
+    });
+    Ok(Running {
+        api_addr,
+        admin_addr,
+        health,
+        task,
+    })
+}
+
+fn router(state: Arc<AppState>) -> Router {
+    let post_route = |route: Route| {
+        move |State(state): State<Arc<AppState>>, headers: HeaderMap, body: Body| async move {
+            handle(state, route, None, headers, body).await
+        }
+    };
+    Router::new()
+        .route("/v1/products", post(post_route(Route::Products)))
+        .route("/v1/prices", post(post_route(Route::Prices)))
+        .route("/v1/stock", post(post_route(Route::Stock)))
+        .route("/v1/activity", post(post_route(Route::Activity)))
+        .route(
+            "/v1/products/{product_id}",
+            delete(
+                |State(state): State<Arc<AppState>>,
+                 Path(product_id): Path<String>,
+                 headers: HeaderMap,
+                 body: Body| async move {
+                    handle(state, Route::DeleteProduct, Some(product_id), headers, body).await
+                },
+            ),
+        )
+        .fallback(|| async {
+            (
+                StatusCode::NOT_FOUND,
+                axum::Json(json!({"error": "not_found", "message": "no such endpoint"})),
+            )
+        })
+        .with_state(state)
+}
+
+async fn handle(
+    state: Arc<AppState>,
+    route: Route,
+    product_id: Option<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let started = Instant::now();
+    let response = match accept(&state, route, product_id, &headers, body).await {
+        Ok(body) => (StatusCode::ACCEPTED, axum::Json(body)).into_response(),
+        Err(e) => e.into_response(),
+    };
+    metrics::counter!("ingest.requests", "route" => route.label(), "status" => response.status().as_u16().to_string())
+        .increment(1);
+    metrics::histogram!("ingest.request.seconds", "route" => route.label())
+        .record(started.elapsed().as_secs_f64());
+    response
+}
+
+async fn accept(
+    state: &AppState,
+    route: Route,
+    product_id: Option<String>,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Value, ApiError> {
+    let limit = state.config.max_body_bytes;
+    let too_large = || ApiError::TooLarge(format!("the body is larger than {limit} bytes"));
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(too_large());
+    }
+    let bytes = axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| too_large())?;
+    metrics::histogram!("ingest.body.bytes").record(bytes.len() as f64);
+
+    let now = Utc::now();
+    let client = state.verifier.verify(headers, &bytes, now.timestamp())?;
+    let client_label = client.clone().unwrap_or_else(|| "anonymous".to_owned());
+    state
+        .limiter
+        .check(&client_label)
+        .map_err(|retry_after_secs| ApiError::RateLimited { retry_after_secs })?;
+
+    let idempotency_key = headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|k| !k.is_empty());
+    if let Some(key) = idempotency_key {
+        if key.len() > 255 {
+            return Err(ApiError::Validation(vec![error::Detail {
+                index: 0,
+                path: String::new(),
+                message: "the Idempotency-Key header is longer than 255 characters".into(),
+            }]));
+        }
+        let store_key = (client_label.clone(), format!("{}:{key}", route.label()));
+        let mut fingerprint = Sha256::new();
+        fingerprint.update(route.label().as_bytes());
+        fingerprint.update(product_id.as_deref().unwrap_or("").as_bytes());
+        fingerprint.update(&bytes);
+        match state
+            .idempotency
+            .begin(&store_key, fingerprint.finalize().into())
+            .await
+        {
+            Begin::Replay(body) => return Ok(body),
+            Begin::Conflict => return Err(ApiError::IdempotencyConflict),
+            Begin::Proceed => {}
+        }
+        let ids = Ids::Derived {
+            client: client_label,
+            key: store_key.1.clone(),
+        };
+        let result = publish(state, route, product_id, headers, &bytes, now, &ids).await;
+        match &result {
+            Ok(body) => state.idempotency.complete(&store_key, body.clone()),
+            Err(_) => state.idempotency.abandon(&store_key),
+        }
+        return result;
+    }
+    publish(state, route, product_id, headers, &bytes, now, &Ids::Fresh).await
+}
+
+async fn publish(
+    state: &AppState,
+    route: Route,
+    product_id: Option<String>,
+    headers: &HeaderMap,
+    bytes: &[u8],
+    now: chrono::DateTime<Utc>,
+    ids: &Ids,
+) -> Result<Value, ApiError> {
+    let values = match product_id {
+        Some(id) => vec![json!({"product_id": id})],
+        None => {
+            let content_type = headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok());
+            let format = body::format(content_type)?;
+            body::events(bytes, format, state.config.max_events)?
+        }
+    };
+    let trace = headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .and_then(TraceParent::parse)
+        .map_or_else(TraceParent::new_root, |parent| parent.child());
+    let envelopes = match events::envelopes(route, values, now, trace, ids) {
+        Ok(envelopes) => envelopes,
+        Err(e) => {
+            metrics::counter!("ingest.events.rejected", "route" => route.label()).increment(1);
+            return Err(e);
+        }
+    };
+    let publishing = Instant::now();
+    state.publisher.publish(&envelopes).await?;
+    metrics::histogram!("ingest.publish.seconds").record(publishing.elapsed().as_secs_f64());
+    for envelope in &envelopes {
+        metrics::counter!("ingest.events.accepted", "type" => envelope.event_type().name())
+            .increment(1);
+    }
+    let ids: Vec<String> = envelopes.iter().map(|e| e.id.to_string()).collect();
+    Ok(json!({"accepted": ids.len(), "ids": ids}))
+}
