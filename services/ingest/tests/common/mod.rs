@@ -18,6 +18,27 @@ pub struct Ingest {
 }
 
 impl Ingest {
+    /// Polls `/readyz` until it answers 200 (the first broker check has passed).
+    pub async fn wait_ready(&self) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let res = self
+                .http
+                .get(format!("{}/readyz", self.admin))
+                .send()
+                .await
+                .unwrap();
+            if res.status() == 200 {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "ingest never became ready"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     pub async fn stop(mut self) {
         self.shutdown.trigger();
         if let Some(running) = self.running.take() {
