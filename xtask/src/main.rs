@@ -8,6 +8,7 @@
 
 mod bench;
 mod cargo;
+mod demo;
 #[cfg(test)]
 mod deploy_checks;
 mod tansu;

@@ -47,10 +47,16 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
     let root = workspace_root();
     let services = service_names(&root)?;
     if demo && !services.iter().any(|s| s == "ingest") {
-        bail!(
-            "--demo loads its data through the ingest HTTP API, and services/ingest does not exist yet"
-        );
+        bail!("--demo loads its data through the ingest HTTP API, and services/ingest is missing");
     }
+    // Ingest runs signed: with no keys given, a dev key (kept under .tributary/) is used.
+    let keys_given = std::env::var("INGEST_CLIENT_KEYS").is_ok_and(|k| !k.trim().is_empty())
+        || std::env::var_os("INGEST_CLIENT_KEYS_FILE").is_some();
+    let dev_key = if keys_given {
+        None
+    } else {
+        Some(crate::demo::dev_key(&root)?)
+    };
 
     eprintln!("xtask: building release binaries");
     cargo::run(&["build", "--release", "--workspace", "--bins"], &[])?;
@@ -74,28 +80,44 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
         }
     };
 
-    let result = run_suite(
-        &root,
-        &bin_dir,
-        &brokers,
-        &services,
-        &stop_rx,
-        broker.as_mut(),
-    );
+    let suite = Suite {
+        root: &root,
+        bin_dir: &bin_dir,
+        brokers: &brokers,
+        services: &services,
+        dev_key: dev_key.as_deref(),
+        demo,
+    };
+    let result = run_suite(&suite, &stop_rx, broker.as_mut());
     if let Some(broker) = broker {
         stop_all(vec![broker], BROKER_GRACE, &stop_rx);
     }
     result
 }
 
+/// What `up` runs.
+struct Suite<'a> {
+    root: &'a Path,
+    bin_dir: &'a Path,
+    brokers: &'a str,
+    services: &'a [String],
+    dev_key: Option<&'a str>,
+    demo: bool,
+}
+
 fn run_suite(
-    root: &Path,
-    bin_dir: &Path,
-    brokers: &str,
-    services: &[String],
+    suite: &Suite<'_>,
     stop_rx: &mpsc::Receiver<()>,
     mut broker: Option<&mut Running>,
 ) -> anyhow::Result<()> {
+    let Suite {
+        root,
+        bin_dir,
+        brokers,
+        services,
+        dev_key,
+        demo,
+    } = *suite;
     eprintln!("xtask: applying deploy/topics.yaml");
     let status = Command::new(bin_dir.join("trib"))
         .args(["topics", "apply", "--file"])
@@ -121,6 +143,12 @@ fn run_suite(
                 "LOG_FORMAT",
                 std::env::var("LOG_FORMAT").unwrap_or_else(|_| "pretty".into()),
             );
+        if let (Some(key), "ingest") = (dev_key, name.as_str()) {
+            command.env(
+                "INGEST_CLIENT_KEYS",
+                format!("{}:{key}", crate::demo::DEV_CLIENT),
+            );
+        }
         running.push(spawn(name, &mut command)?);
     }
 
@@ -132,8 +160,35 @@ fn run_suite(
     for name in services {
         println!("  {name:<16} {}", endpoints(name));
     }
+    if let (Some(key), true) = (dev_key, services.iter().any(|s| s == "ingest")) {
+        println!();
+        println!(
+            "Ingest requires signed requests. Dev client: id {}, key {key}",
+            crate::demo::DEV_CLIENT
+        );
+        println!("A signed request, ready to paste:");
+        println!("{}", crate::demo::curl_example(key));
+    }
     println!("Press Ctrl-C to stop.");
     println!();
+    if demo {
+        let key = dev_key.map(str::to_owned).or_else(|| {
+            std::env::var("INGEST_CLIENT_KEYS").ok().and_then(|k| {
+                k.split(',')
+                    .find_map(|e| e.strip_prefix("dev:").map(str::to_owned))
+            })
+        });
+        match key {
+            Some(key) => {
+                crate::demo::wait_ready("127.0.0.1:9101", Duration::from_secs(60))
+                    .and_then(|()| crate::demo::load("127.0.0.1:8080", &key))
+                    .unwrap_or_else(|e| eprintln!("xtask: demo load failed: {e:#}"));
+            }
+            None => eprintln!(
+                "xtask: --demo needs the dev key; unset INGEST_CLIENT_KEYS or include dev:<key>"
+            ),
+        }
+    }
 
     // Run until Ctrl-C, or until the broker dies (nothing works without it).
     loop {
