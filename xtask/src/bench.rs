@@ -19,7 +19,12 @@ Tansu with memory storage on the same machine. Both sides are bounded by the dev
 read the ratio, not the absolute rate.
 - **decode**: `Envelope::decode` (parse, validate every field against the generated schema, \
 build the typed event) against `serde_json::from_slice::<Value>` of the same bytes, the floor \
-any JSON consumer pays. One core, no broker.";
+any JSON consumer pays. One core, no broker.
+- **ingest**: a Rust load generator (64 concurrent HTTP/1.1 connections, in the same process) \
+posting stock events to ingest, which validates, wraps and publishes each and answers only once \
+the broker acknowledged it; against a bare rdkafka producer publishing the same number of \
+envelopes (pre-built) to the same topic and awaiting every ack. Load generator, ingest and \
+broker share the machine's cores.";
 
 pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
     let mut messages = "1000000".to_owned();
@@ -70,12 +75,16 @@ fn render(rows: &[Value]) -> String {
     );
     let _ = writeln!(doc, "## Machine\n\n{}\n", machine());
     doc.push_str("## Results\n\n");
-    doc.push_str("| benchmark | scenario | messages | record bytes | ours (msg/s) | baseline (msg/s) | ratio |\n");
-    doc.push_str("|---|---|---:|---:|---:|---:|---:|\n");
+    doc.push_str("| benchmark | scenario | messages | record bytes | ours (msg/s) | baseline (msg/s) | ratio | latency p50 / p99 |\n");
+    doc.push_str("|---|---|---:|---:|---:|---:|---:|---:|\n");
     for row in rows {
+        let latency = match (row["p50_ms"].as_f64(), row["p99_ms"].as_f64()) {
+            (Some(p50), Some(p99)) => format!("{p50:.2} / {p99:.2} ms"),
+            _ => "-".to_owned(),
+        };
         let _ = writeln!(
             doc,
-            "| {} | {} | {} | {} | {} | {} | {:.2} |",
+            "| {} | {} | {} | {} | {} | {} | {:.2} | {latency} |",
             row["bench"].as_str().unwrap_or_default(),
             row["scenario"].as_str().unwrap_or_default(),
             row["messages"],

@@ -34,13 +34,15 @@ async fn every_endpoint_publishes_envelopes_with_key_headers_and_trace() {
     let body: Value = res.json().await.unwrap();
     assert_eq!(body["accepted"], 2);
     let product_ids = ids(&body);
-    let records = published(broker, topics::PRODUCTS, &product_ids).await;
+    let mut records = published(broker, topics::PRODUCTS, &product_ids).await;
     assert_eq!(records.len(), 2);
+    // The answer's ids are in request order (the two keys may sit on different partitions).
+    records.sort_by_key(|(_, e)| product_ids.iter().position(|id| *id == e.id.to_string()));
     for ((record, envelope), expected_key) in records.iter().zip([&p1, &p2]) {
         assert_eq!(
             record.key_str(),
             Some(expected_key.as_str()),
-            "keyed by product_id, in order"
+            "keyed by product_id"
         );
         assert_eq!(envelope.key, *expected_key);
         assert_eq!(envelope.source, "ingest");
@@ -94,7 +96,11 @@ async fn every_endpoint_publishes_envelopes_with_key_headers_and_trace() {
     let stock_ids = ids(&res.json().await.unwrap());
     let stock = published(broker, topics::STOCK, &stock_ids).await;
     assert_eq!(stock.len(), 2);
-    assert_eq!(stock[1].1.event_type(), EventType::StockChanged);
+    assert!(
+        stock
+            .iter()
+            .all(|(_, e)| e.event_type() == EventType::StockChanged)
+    );
 
     // Activity: each kind its own type; event time from the payload.
     let res = api
