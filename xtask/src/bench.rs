@@ -15,16 +15,18 @@ const NOTES: &str = "\
 workers, watermark commits, and in pass-through an acknowledged output per input) against a bare \
 rdkafka `BaseConsumer` on the same topic, broker and run (the bare consumer neither decodes nor \
 commits; in pass-through it produces each payload unchanged and awaits every ack). 6 partitions, \
-Tansu with memory storage on the same machine. Both sides are bounded by the dev broker here: \
-read the ratio, not the absolute rate.
+Tansu with SQLite storage on the same machine (its memory engine stalls a consumer that resumes \
+a paused partition inside a record batch). Both sides are bounded by the dev broker here: read \
+the ratio, not the absolute rate.
 - **decode**: `Envelope::decode` (parse, validate every field against the generated schema, \
 build the typed event) against `serde_json::from_slice::<Value>` of the same bytes, the floor \
 any JSON consumer pays. One core, no broker.
 - **ingest**: a Rust load generator (64 concurrent HTTP/1.1 connections, in the same process) \
 posting stock events to ingest, which validates, wraps and publishes each and answers only once \
 the broker acknowledged it; against a bare rdkafka producer publishing the same number of \
-envelopes (pre-built) to the same topic and awaiting every ack. Load generator, ingest and \
-broker share the machine's cores.";
+envelopes (pre-built) to the same topic and awaiting every ack, with the same producer \
+settings. Tansu with memory storage. Load generator, ingest and broker share the machine's \
+cores.";
 
 pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
     let mut messages = "1000000".to_owned();
@@ -133,7 +135,7 @@ fn machine() -> String {
             .unwrap_or_default()
     };
     format!(
-        "- CPU: {cpu}, {cores} cores available\n- memory: {memory_gib:.0} GiB\n- {}\n- kernel: {}\n- broker: tansu {} (memory storage), on the same machine\n- date: {}",
+        "- CPU: {cpu}, {cores} cores available\n- memory: {memory_gib:.0} GiB\n- {}\n- kernel: {}\n- broker: tansu {} on the same machine (storage per benchmark below)\n- date: {}",
         command("rustc", &["--version"]),
         command("uname", &["-sr"]),
         crate::tansu::VERSION,

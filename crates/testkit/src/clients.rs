@@ -7,11 +7,32 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaErrorCode;
 use tributary_events::Envelope;
 
 use crate::{Result, TestBroker, TestkitError};
+
+/// Enqueues a record on `producer`, sleeping a millisecond at a time while its queue is full.
+/// For benchmarks and test loads that enqueue faster than the broker acknowledges.
+pub fn send_waiting<K, P>(
+    producer: &FutureProducer,
+    mut record: FutureRecord<'_, K, P>,
+) -> DeliveryFuture
+where
+    K: rdkafka::message::ToBytes + ?Sized,
+    P: rdkafka::message::ToBytes + ?Sized,
+{
+    loop {
+        match producer.send_result(record) {
+            Ok(delivery) => return delivery,
+            Err((_, back)) => {
+                record = back;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    }
+}
 
 /// A name no other test (in this run or an earlier one) uses: `<prefix>-<time>-<random>`.
 pub fn unique_name(prefix: &str) -> String {

@@ -10,7 +10,7 @@ mod broker;
 mod clients;
 
 pub use broker::{Storage, TestBroker, find_tansu};
-pub use clients::{RawRecord, Record, unique_name};
+pub use clients::{RawRecord, Record, send_waiting, unique_name};
 
 /// What can go wrong while setting up a test.
 #[derive(Debug, thiserror::Error)]

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use tributary_events::{Envelope, Event, Stock, topics};
 use tributary_runtime::rdkafka::producer::{FutureProducer, FutureRecord};
 use tributary_runtime::{RuntimeConfig, Shutdown};
-use tributary_testkit::TestBroker;
+use tributary_testkit::{TestBroker, send_waiting};
 
 /// Concurrent connections of the load generator: enough that acknowledgement latency, not
 /// the generator, bounds throughput.
@@ -117,21 +117,10 @@ async fn bare(config: &RuntimeConfig, events: usize) -> f64 {
     let mut deliveries = Vec::with_capacity(events);
     for e in &envelopes {
         let value = e.encode();
-        let mut record: FutureRecord<'_, str, [u8]> = FutureRecord::to(topics::STOCK)
+        let record: FutureRecord<'_, str, [u8]> = FutureRecord::to(topics::STOCK)
             .key(e.key.as_str())
             .payload(value.as_slice());
-        loop {
-            match producer.send_result(record) {
-                Ok(d) => {
-                    deliveries.push(d);
-                    break;
-                }
-                Err((_, back)) => {
-                    record = back;
-                    tokio::time::sleep(Duration::from_millis(1)).await;
-                }
-            }
-        }
+        deliveries.push(send_waiting(&producer, record));
     }
     for d in deliveries {
         d.await.unwrap().unwrap();
@@ -153,20 +142,11 @@ async fn main() {
     runtime.admin_addr = Some("127.0.0.1:0".parse().unwrap());
     runtime.statsd_addr = "127.0.0.1:9".into();
     let bare_config = runtime.clone();
-    let config = IngestConfig {
-        runtime,
-        listen: "127.0.0.1:0".parse().unwrap(),
-        max_body_bytes: 1024 * 1024,
-        max_events: 10_000,
-        client_keys: ingest::config::Secret::default(),
-        client_keys_file: None,
-        signature_max_age_secs: 300,
-        idempotency_window_secs: 60,
-        idempotency_capacity: 1000,
-        rate_limit: 0.0,
-        rate_burst: None,
-        publish_timeout_ms: 30_000,
-    };
+    let mut config = IngestConfig::with_runtime(runtime);
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.client_keys = ingest::config::Secret::default();
+    config.rate_limit = 0.0;
+    config.publish_timeout_ms = 30_000;
     let shutdown = Shutdown::new();
     let running = ingest::start(config, shutdown.clone()).await.unwrap();
     let base = format!("http://{}", running.api_addr);

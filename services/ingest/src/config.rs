@@ -83,6 +83,19 @@ pub enum KeysError {
 }
 
 impl IngestConfig {
+    /// The defaults of every ingest setting around the given shared settings, as if no
+    /// flag were given (tests and benchmarks start from this).
+    pub fn with_runtime(runtime: RuntimeConfig) -> IngestConfig {
+        #[derive(clap::Parser)]
+        struct Wrapper {
+            #[command(flatten)]
+            config: IngestConfig,
+        }
+        let mut config = <Wrapper as clap::Parser>::parse_from(["ingest"]).config;
+        config.runtime = runtime;
+        config
+    }
+
     /// Client id → signing key, from the variable and the file.
     pub fn keys(&self) -> Result<HashMap<String, Vec<u8>>, KeysError> {
         let mut entries: Vec<String> = self

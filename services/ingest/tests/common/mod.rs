@@ -52,20 +52,12 @@ pub fn config(broker: &TestBroker) -> IngestConfig {
     runtime.brokers = broker.bootstrap();
     runtime.admin_addr = Some("127.0.0.1:0".parse().unwrap());
     runtime.statsd_addr = "127.0.0.1:9".into();
-    IngestConfig {
-        runtime,
-        listen: "127.0.0.1:0".parse().unwrap(),
-        max_body_bytes: 1024 * 1024,
-        max_events: 10_000,
-        client_keys: ingest::config::Secret::default(),
-        client_keys_file: None,
-        signature_max_age_secs: 300,
-        idempotency_window_secs: 3600,
-        idempotency_capacity: 10_000,
-        rate_limit: 0.0,
-        rate_burst: None,
-        publish_timeout_ms: 5_000,
-    }
+    let mut config = IngestConfig::with_runtime(runtime);
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.client_keys = ingest::config::Secret::default();
+    config.client_keys_file = None;
+    config.rate_limit = 0.0;
+    config
 }
 
 /// The topics ingest writes, created once per broker.
