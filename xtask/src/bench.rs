@@ -15,9 +15,10 @@ const NOTES: &str = "\
 workers, watermark commits, and in pass-through an acknowledged output per input) against a bare \
 rdkafka `BaseConsumer` on the same topic, broker and run (the bare consumer neither decodes nor \
 commits; in pass-through it produces each payload unchanged and awaits every ack). 6 partitions, \
-Tansu with SQLite storage on the same machine (its memory engine stalls a consumer that resumes \
-a paused partition inside a record batch). Both sides are bounded by the dev broker here: read \
-the ratio, not the absolute rate.
+Tansu with memory storage on the same machine; the loop's in-flight budget is set above the \
+message count so it never pauses (Tansu's memory engine stalls a consumer that resumes a paused \
+partition inside a record batch; back-pressure is covered by its own test). Both sides are \
+bounded by the dev broker here: read the ratio, not the absolute rate.
 - **decode**: `Envelope::decode` (parse, validate every field against the generated schema, \
 build the typed event) against `serde_json::from_slice::<Value>` of the same bytes, the floor \
 any JSON consumer pays. One core, no broker.
