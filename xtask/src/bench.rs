@@ -44,6 +44,7 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
     for (package, bench) in [
         ("tributary-events", "decode"),
         ("tributary-runtime", "consumer_loop"),
+        ("ingest", "load"),
     ] {
         eprintln!("xtask: benchmark {bench}");
         let output = cargo::cargo()
