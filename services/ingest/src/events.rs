@@ -25,6 +25,17 @@ pub enum Route {
 }
 
 impl Route {
+    /// The event type a route publishes, for metrics (`activity.*` for the three kinds).
+    pub fn type_label(self) -> &'static str {
+        match self {
+            Route::Products => EventType::ProductUpserted.name(),
+            Route::Prices => EventType::PriceUpdated.name(),
+            Route::Stock => EventType::StockChanged.name(),
+            Route::Activity => "activity.*",
+            Route::DeleteProduct => EventType::ProductDeleted.name(),
+        }
+    }
+
     /// A label for metrics.
     pub fn label(self) -> &'static str {
         match self {

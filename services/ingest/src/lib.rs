@@ -300,10 +300,13 @@ async fn publish(
         .and_then(|v| v.to_str().ok())
         .and_then(TraceParent::parse)
         .map_or_else(TraceParent::new_root, |parent| parent.child());
+    let count = values.len() as u64;
     let envelopes = match events::envelopes(route, values, now, trace, ids) {
         Ok(envelopes) => envelopes,
         Err(e) => {
-            metrics::counter!("ingest.events.rejected", "route" => route.label()).increment(1);
+            // One invalid event rejects the request: every event of it counts as rejected.
+            metrics::counter!("ingest.events.rejected", "type" => route.type_label())
+                .increment(count);
             return Err(e);
         }
     };

@@ -234,6 +234,22 @@ async fn invalid_requests_get_their_status_and_a_json_body_naming_the_problem() 
         "unsupported_media_type"
     );
 
+    // The rejections are counted, by type and by status.
+    let metrics = api
+        .http
+        .get(format!("{}/metrics", api.admin))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("tributary_ingest_events_rejected{type=\"catalog.price.updated\"}"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("status=\"413\""), "{metrics}");
+
     // 404 is JSON too.
     let res = post("/v1/nothing").body("{}").send().await.unwrap();
     assert_eq!(res.status(), 404);
