@@ -313,9 +313,17 @@ async fn publish(
     let publishing = Instant::now();
     state.publisher.publish(&envelopes).await?;
     metrics::histogram!("ingest.publish.seconds").record(publishing.elapsed().as_secs_f64());
+    // One increment per type and request, not per event: each increment is a StatsD line.
+    let mut by_type: Vec<(&'static str, u64)> = Vec::new();
     for envelope in &envelopes {
-        metrics::counter!("ingest.events.accepted", "type" => envelope.event_type().name())
-            .increment(1);
+        let name = envelope.event_type().name();
+        match by_type.iter_mut().find(|(t, _)| *t == name) {
+            Some((_, n)) => *n += 1,
+            None => by_type.push((name, 1)),
+        }
+    }
+    for (name, n) in by_type {
+        metrics::counter!("ingest.events.accepted", "type" => name).increment(n);
     }
     let ids: Vec<String> = envelopes.iter().map(|e| e.id.to_string()).collect();
     Ok(json!({"accepted": ids.len(), "ids": ids}))
