@@ -227,7 +227,7 @@ impl<P: Processor> Shared<P> {
         }
     }
 
-    /// Pauses partitions with too much unfinished work and resumes them once half drained
+    /// Resumes partitions paused by [`route`](Self::route) once half their budget drained
     /// (hysteresis: pausing discards prefetched messages, so it must not flap).
     fn apply_backpressure<C: ConsumerContext>(&self, consumer: &BaseConsumer<C>) {
         let max = self.settings.max_in_flight.max(1);
@@ -235,15 +235,12 @@ impl<P: Processor> Shared<P> {
         for ctl in self.all() {
             let in_flight = ctl.in_flight.load(Ordering::Acquire);
             total += in_flight;
-            let paused = ctl.paused.load(Ordering::Acquire);
-            let mut tpl = TopicPartitionList::new();
-            tpl.add_partition(&ctl.topic, ctl.partition);
-            if !paused && in_flight >= max {
-                if consumer.pause(&tpl).is_ok() {
-                    ctl.paused.store(true, Ordering::Release);
-                    tracing::debug!(topic = %ctl.topic, partition = ctl.partition, in_flight, "Paused");
-                }
-            } else if paused && in_flight <= max / 2 && !self.shutdown.is_triggered() {
+            let resumable = ctl.paused.load(Ordering::Acquire)
+                && in_flight <= max / 2
+                && !self.shutdown.is_triggered();
+            if resumable {
+                let mut tpl = TopicPartitionList::new();
+                tpl.add_partition(&ctl.topic, ctl.partition);
                 // Resuming refetches from the position after the last message we received.
                 if consumer.resume(&tpl).is_ok() {
                     ctl.paused.store(false, Ordering::Release);

@@ -55,16 +55,6 @@ impl OffsetTracker {
     pub fn committed(&mut self, offset: i64) {
         self.committed = Some(self.committed.map_or(offset, |c| c.max(offset)));
     }
-
-    /// The last committed offset.
-    pub fn last_committed(&self) -> Option<i64> {
-        self.committed
-    }
-
-    /// How many messages are read but not finished.
-    pub fn in_flight(&self) -> usize {
-        self.in_flight.len()
-    }
 }
 
 #[cfg(test)]

@@ -36,11 +36,6 @@ impl Publisher {
         }
     }
 
-    /// The underlying producer.
-    pub fn producer(&self) -> &FutureProducer {
-        &self.producer
-    }
-
     fn busy(&self, message: &str) -> ApiError {
         ApiError::Unavailable {
             message: message.to_owned(),

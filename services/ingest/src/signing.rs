@@ -83,12 +83,8 @@ impl Verifier {
             let Ok(expected) = hex::decode(candidate) else {
                 continue;
             };
-            let mut mac = HmacSha256::new_from_slice(key).map_err(|_| refused())?;
-            mac.update(t.to_string().as_bytes());
-            mac.update(b".");
-            mac.update(body);
             // verify_slice compares in constant time.
-            if mac.verify_slice(&expected).is_ok() {
+            if mac(key, t, body).verify_slice(&expected).is_ok() {
                 return Ok(Some(client.to_owned()));
             }
         }
@@ -98,16 +94,20 @@ impl Verifier {
 
 /// The signature header value for `body` at `t` (for clients, tests and the dev example).
 pub fn sign(key: &[u8], t: i64, body: &[u8]) -> String {
-    let mut mac = HmacSha256::new_from_slice(key).unwrap_or_else(|_| unreachable_hmac());
+    format!(
+        "t={t},v1={}",
+        hex::encode(mac(key, t, body).finalize().into_bytes())
+    )
+}
+
+/// HMAC-SHA256(key, "<t>." + body), the signed content of the contract.
+fn mac(key: &[u8], t: i64, body: &[u8]) -> HmacSha256 {
+    let mut mac = <HmacSha256 as Mac>::new_from_slice(key)
+        .unwrap_or_else(|_| unreachable!("HMAC-SHA256 takes keys of any length"));
     mac.update(t.to_string().as_bytes());
     mac.update(b".");
     mac.update(body);
-    format!("t={t},v1={}", hex::encode(mac.finalize().into_bytes()))
-}
-
-fn unreachable_hmac() -> HmacSha256 {
-    // HMAC accepts keys of any length; this cannot happen.
-    unreachable!("HMAC-SHA256 takes keys of any length")
+    mac
 }
 
 #[cfg(test)]
