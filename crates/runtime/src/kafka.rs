@@ -31,6 +31,13 @@ pub fn client_config(brokers: &str, extra: &[(String, String)]) -> ClientConfig 
     config
 }
 
+/// Whether the cluster answers a metadata request within two seconds (blocks).
+pub fn reachable<C: rdkafka::ClientContext>(client: &rdkafka::client::Client<C>) -> bool {
+    client
+        .fetch_metadata(None, std::time::Duration::from_secs(2))
+        .is_ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

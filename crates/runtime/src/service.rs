@@ -206,8 +206,9 @@ async fn run_loop<P: Processor>(
     let topics: Vec<&str> = inputs.iter().map(String::as_str).collect();
     consumer.subscribe(&topics)?;
 
+    let probe = producer.clone();
     let watchdog = tokio::spawn(watch_broker(
-        producer.clone(),
+        move || crate::kafka::reachable(probe.client()),
         health.clone(),
         shutdown.clone(),
     ));
@@ -241,17 +242,15 @@ async fn run_loop<P: Processor>(
 }
 
 /// Marks the broker reachable or not, every two seconds, until `shutdown`.
-pub async fn watch_broker(producer: FutureProducer, health: Health, shutdown: Shutdown) {
+/// `probe` blocks (a metadata request); it runs on the blocking pool.
+pub async fn watch_broker<F>(probe: F, health: Health, shutdown: Shutdown)
+where
+    F: Fn() -> bool + Clone + Send + 'static,
+{
     while !shutdown.is_triggered() {
-        let client = producer.clone();
-        let reachable = tokio::task::spawn_blocking(move || {
-            client
-                .client()
-                .fetch_metadata(None, Duration::from_secs(2))
-                .is_ok()
-        })
-        .await
-        .unwrap_or(false);
+        let reachable = tokio::task::spawn_blocking(probe.clone())
+            .await
+            .unwrap_or(false);
         health.set_broker_reachable(reachable);
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(2)) => {}

@@ -26,7 +26,7 @@ use chrono::Utc;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tributary_events::TraceParent;
-use tributary_runtime::rdkafka::producer::{FutureProducer, Producer};
+use tributary_runtime::rdkafka::producer::Producer;
 use tributary_runtime::{Health, Shutdown, admin, metrics as runtime_metrics};
 
 pub use config::IngestConfig;
@@ -101,7 +101,7 @@ pub async fn start(config: IngestConfig, shutdown: Shutdown) -> anyhow::Result<R
         );
     }
     producer_config.set("queue.buffering.max.messages", QUEUE_CAPACITY.to_string());
-    let producer: FutureProducer = producer_config.create()?;
+    let producer = Arc::new(publish::producer(&producer_config)?);
 
     let burst = config.rate_burst.unwrap_or(config.rate_limit.max(1.0));
     let state = Arc::new(AppState {
@@ -124,8 +124,9 @@ pub async fn start(config: IngestConfig, shutdown: Shutdown) -> anyhow::Result<R
     let api_addr = listener.local_addr()?;
     tracing::info!(api = %api_addr, admin = %admin_addr, "Ingest listening");
 
+    let probe = producer.clone();
     let watch = tokio::spawn(tributary_runtime::watch_broker(
-        producer.clone(),
+        move || tributary_runtime::kafka::reachable(probe.client()),
         health.clone(),
         shutdown.clone(),
     ));
@@ -199,11 +200,29 @@ async fn handle(
         Ok(body) => (StatusCode::ACCEPTED, axum::Json(body)).into_response(),
         Err(e) => e.into_response(),
     };
-    metrics::counter!("ingest.requests", "route" => route.label(), "status" => response.status().as_u16().to_string())
+    metrics::counter!("ingest.requests", "route" => route.label(), "status" => status_label(response.status()))
         .increment(1);
     metrics::histogram!("ingest.request.seconds", "route" => route.label())
         .record(started.elapsed().as_secs_f64());
     response
+}
+
+/// The status as a metric label, without allocating for the statuses ingest answers with.
+fn status_label(status: StatusCode) -> metrics::SharedString {
+    let known = match status.as_u16() {
+        202 => "202",
+        400 => "400",
+        401 => "401",
+        404 => "404",
+        405 => "405",
+        413 => "413",
+        415 => "415",
+        422 => "422",
+        429 => "429",
+        503 => "503",
+        _ => return status.as_u16().to_string().into(),
+    };
+    known.into()
 }
 
 async fn accept(

@@ -1,19 +1,93 @@
 //! Publishing a request's envelopes: in order, and answered only once every one is
 //! acknowledged by the broker (idempotent producer, `acks=all`).
+//!
+//! A request waits on one counter rather than one future per event: the producer's delivery
+//! callback counts acknowledgements down and wakes the request once, when the last arrives.
+//! With 100-event batches this saves a channel, an allocation and a wake-up per event.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio::sync::Notify;
 use tributary_events::Envelope;
-use tributary_runtime::rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use tributary_runtime::rdkafka::ClientContext;
+use tributary_runtime::rdkafka::config::ClientConfig;
+use tributary_runtime::rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use tributary_runtime::rdkafka::message::{Header, OwnedHeaders};
-use tributary_runtime::rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use tributary_runtime::rdkafka::producer::{
+    BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer,
+};
 
 use crate::error::ApiError;
+
+/// The acknowledgements one request still waits for.
+#[derive(Debug)]
+pub struct Acks {
+    remaining: AtomicUsize,
+    failure: Mutex<Option<String>>,
+    done: Notify,
+}
+
+impl Acks {
+    fn new(expected: usize) -> Acks {
+        Acks {
+            remaining: AtomicUsize::new(expected),
+            failure: Mutex::new(None),
+            done: Notify::new(),
+        }
+    }
+
+    /// Counts `n` messages as settled (acknowledged, failed or never sent).
+    fn settle(&self, n: usize) {
+        if n > 0 && self.remaining.fetch_sub(n, Ordering::AcqRel) == n {
+            // Stores a permit when the request is not waiting yet, so it cannot miss this.
+            self.done.notify_one();
+        }
+    }
+
+    fn fail(&self, error: String) {
+        let mut failure = self.failure.lock().unwrap_or_else(|e| e.into_inner());
+        failure.get_or_insert(error);
+    }
+
+    fn failure(&self) -> Option<String> {
+        self.failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+/// Routes each delivery report to its request's counter.
+#[derive(Debug, Default)]
+pub struct AckContext;
+
+impl ClientContext for AckContext {}
+
+impl ProducerContext for AckContext {
+    type DeliveryOpaque = Arc<Acks>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, acks: Arc<Acks>) {
+        if let Err((e, _)) = result {
+            acks.fail(e.to_string());
+        }
+        acks.settle(1);
+    }
+}
+
+/// The producer ingest publishes with.
+pub type IngestProducer = ThreadedProducer<AckContext>;
+
+/// Creates the producer (its own thread serves delivery reports).
+pub fn producer(config: &ClientConfig) -> KafkaResult<IngestProducer> {
+    config.create_with_context(AckContext)
+}
 
 /// The producer with its limits.
 #[derive(Clone)]
 pub struct Publisher {
-    producer: FutureProducer,
+    producer: Arc<IngestProducer>,
     timeout: Duration,
     queue_capacity: usize,
 }
@@ -28,7 +102,11 @@ impl std::fmt::Debug for Publisher {
 
 impl Publisher {
     /// Wraps a producer whose queue holds `queue_capacity` messages.
-    pub fn new(producer: FutureProducer, timeout: Duration, queue_capacity: usize) -> Publisher {
+    pub fn new(
+        producer: Arc<IngestProducer>,
+        timeout: Duration,
+        queue_capacity: usize,
+    ) -> Publisher {
         Publisher {
             producer,
             timeout,
@@ -51,8 +129,8 @@ impl Publisher {
             metrics::counter!("ingest.backpressure", "reason" => "queue_full").increment(1);
             return Err(self.busy("the producer queue is full; retry shortly"));
         }
-        let mut deliveries = Vec::with_capacity(envelopes.len());
-        for envelope in envelopes {
+        let acks = Arc::new(Acks::new(envelopes.len()));
+        for (sent, envelope) in envelopes.iter().enumerate() {
             let value = envelope.encode();
             let headers = envelope
                 .headers()
@@ -63,46 +141,41 @@ impl Publisher {
                         value: Some(v.as_bytes()),
                     })
                 });
-            let record: FutureRecord<'_, str, [u8]> =
-                FutureRecord::to(envelope.event_type().topic())
-                    .key(envelope.key.as_str())
-                    .payload(value.as_slice())
-                    .headers(headers);
-            match self.producer.send_result(record) {
-                Ok(delivery) => deliveries.push(delivery),
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
-                    return Err(self.busy("the producer queue is full; retry shortly"));
-                }
-                Err((e, _)) => {
-                    return Err(ApiError::Unavailable {
+            let record = BaseRecord::with_opaque_to(envelope.event_type().topic(), acks.clone())
+                .key(envelope.key.as_str())
+                .payload(value.as_slice())
+                .headers(headers);
+            if let Err((e, _)) = self.producer.send(record) {
+                // The rest is never sent: settle it so late reports of the sent part find a
+                // consistent counter.
+                acks.settle(envelopes.len() - sent);
+                return Err(match e {
+                    KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull) => {
+                        self.busy("the producer queue is full; retry shortly")
+                    }
+                    e => ApiError::Unavailable {
                         message: format!("cannot publish: {e}"),
                         retry_after_secs: 1,
-                    });
-                }
+                    },
+                });
             }
         }
-        let acknowledged = tokio::time::timeout(self.timeout, async {
-            for delivery in deliveries {
-                match delivery.await {
-                    Ok(Ok(_)) => {}
-                    Ok(Err((e, _))) => return Err(e.to_string()),
-                    Err(_) => return Err("delivery canceled".to_owned()),
-                }
-            }
-            Ok(())
-        })
-        .await;
-        match acknowledged {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(ApiError::Unavailable {
-                message: format!("the broker did not accept the events: {e}"),
-                retry_after_secs: 5,
-            }),
-            Err(_) => Err(ApiError::Unavailable {
+        if tokio::time::timeout(self.timeout, acks.done.notified())
+            .await
+            .is_err()
+        {
+            return Err(ApiError::Unavailable {
                 message: format!(
                     "the broker did not acknowledge within {} ms",
                     self.timeout.as_millis()
                 ),
+                retry_after_secs: 5,
+            });
+        }
+        match acks.failure() {
+            None => Ok(()),
+            Some(e) => Err(ApiError::Unavailable {
+                message: format!("the broker did not accept the events: {e}"),
                 retry_after_secs: 5,
             }),
         }
