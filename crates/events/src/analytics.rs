@@ -15,6 +15,16 @@ pub enum Dimension {
     Brand,
 }
 
+impl Dimension {
+    /// The wire name (`product`, `brand`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Dimension::Product => "product",
+            Dimension::Brand => "brand",
+        }
+    }
+}
+
 /// The size of a tumbling window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 pub enum WindowSize {
@@ -24,6 +34,16 @@ pub enum WindowSize {
     /// One hour.
     #[serde(rename = "1h")]
     Hour,
+}
+
+impl WindowSize {
+    /// The wire name (`1m`, `1h`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WindowSize::Minute => "1m",
+            WindowSize::Hour => "1h",
+        }
+    }
 }
 
 /// Counts and sums of one window of one dimension value (`analytics.window.aggregated`).

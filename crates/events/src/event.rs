@@ -230,12 +230,9 @@ impl Event {
             Event::ProductEnriched(e) => e.product.product_id.clone(),
             Event::Activity(a) => a.product_id.clone(),
             Event::WindowAggregated(w) => {
-                let dim = match w.dim {
-                    crate::analytics::Dimension::Product => "product",
-                    crate::analytics::Dimension::Brand => "brand",
-                };
                 format!(
-                    "{dim}:{}:{}",
+                    "{}:{}:{}",
+                    w.dim.as_str(),
                     w.id,
                     w.start.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
                 )

@@ -1,7 +1,11 @@
 //! Metrics through the `metrics` facade, sent to StatsD with DogStatsD tags and rendered as
 //! Prometheus text on `/metrics`, from one set of instrumentation calls.
 
-use std::sync::OnceLock;
+use std::net::UdpSocket;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use cadence::{BufferedUdpMetricSink, MetricSink, QueuingMetricSink, SinkStats};
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use metrics_exporter_statsd::StatsdBuilder;
@@ -72,6 +76,46 @@ pub fn install(prefix: &str, statsd_addr: &str, service: &str) -> MetricsHandle 
         .clone()
 }
 
+/// How often buffered StatsD lines are sent even when the buffer is not full, so a quiet
+/// service's metrics arrive within about a second rather than when 1,432 bytes piled up.
+const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The StatsD queue and buffer, shared with the flusher and with [`flush`].
+static STATSD_SINK: OnceLock<Arc<QueuingMetricSink>> = OnceLock::new();
+
+/// The recorder's view of the shared sink.
+struct SharedSink(Arc<QueuingMetricSink>);
+
+impl MetricSink for SharedSink {
+    fn emit(&self, metric: &str) -> std::io::Result<usize> {
+        self.0.emit(metric)
+    }
+
+    fn flush(&self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+
+    fn stats(&self) -> SinkStats {
+        self.0.stats()
+    }
+}
+
+/// Sends every StatsD line recorded so far, waiting (at most two seconds) for the queue to
+/// drain into the buffer first. Services call it as they stop, so the metrics of the last
+/// messages they processed (and committed) are not lost with the process.
+pub fn flush() {
+    let Some(sink) = STATSD_SINK.get() else {
+        return;
+    };
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while sink.queued() > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    if let Err(e) = sink.flush() {
+        tracing::debug!(error = %e, "StatsD flush");
+    }
+}
+
 fn statsd(
     prefix: &str,
     addr: &str,
@@ -81,9 +125,24 @@ fn statsd(
         .rsplit_once(':')
         .ok_or_else(|| format!("{addr}: expected host:port"))?;
     let port: u16 = port.parse().map_err(|_| format!("{addr}: bad port"))?;
+    let socket = UdpSocket::bind("0.0.0.0:0").map_err(|e| e.to_string())?;
+    socket.set_nonblocking(true).map_err(|e| e.to_string())?;
+    let udp = BufferedUdpMetricSink::with_capacity((host, port), socket, 1432)
+        .map_err(|e| e.to_string())?;
+    let sink = Arc::new(QueuingMetricSink::with_capacity(udp, 65_536));
+    let flusher = sink.clone();
+    std::thread::Builder::new()
+        .name("statsd-flush".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(FLUSH_INTERVAL);
+                let _ = flusher.flush();
+            }
+        })
+        .map_err(|e| e.to_string())?;
+    let _ = STATSD_SINK.set(sink.clone());
     StatsdBuilder::from(host, port)
-        .with_queue_size(65_536)
-        .with_buffer_size(1432)
+        .with_sink(SharedSink(sink))
         .histogram_is_distribution()
         .with_default_tag("service", service)
         .build(Some(prefix))

@@ -123,6 +123,8 @@ pub async fn start<P: Processor>(
             shutdown,
         )
         .await;
+        // Everything processed is committed by now; its metrics must leave with it.
+        let _ = tokio::task::spawn_blocking(metrics::flush).await;
         admin_stop.trigger();
         let _ = admin_task.await;
         if let Err(e) = &result {

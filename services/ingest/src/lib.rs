@@ -145,6 +145,7 @@ pub async fn start(config: IngestConfig, shutdown: Shutdown) -> anyhow::Result<R
         if let Ok(Err(e)) = flushed {
             tracing::warn!(error = %e, "Producer flush incomplete");
         }
+        let _ = tokio::task::spawn_blocking(runtime_metrics::flush).await;
         admin_stop.trigger();
         let _ = admin_task.await;
         served.context("API server")
