@@ -1,0 +1,197 @@
+//! Business metrics end to end: known events on the real topics produce exactly the
+//! expected DogStatsD counter totals and `event.age_ms` samples; a poison record is
+//! dead-lettered and metrics keep flowing. (Its own test binary: the metrics recorder is
+//! process-wide and must point at this test's agent.)
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::events::*;
+use common::*;
+use tributary_events::{ActivityKind, topics};
+use tributary_runtime::Shutdown;
+use tributary_runtime::dlq;
+use tributary_testkit::{RawRecord, TestBroker, unique_name};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn known_events_produce_exact_counter_totals_tags_and_ages() {
+    let broker = TestBroker::start().unwrap();
+    for topic in topics::ALL {
+        broker.create_named_topic(topic, 2).await.unwrap();
+    }
+    let agent = Agent::start();
+    let group = unique_name("emitter");
+    let mut config = config(&broker, &group);
+    config.runtime.statsd_addr = agent.addr.to_string();
+    let shutdown = Shutdown::new();
+    let running = metrics_emitter::start(config, shutdown.clone())
+        .await
+        .unwrap();
+
+    let catalog = [
+        (topics::PRODUCTS, product("p-1", "b1", "shoes")),
+        (topics::PRODUCTS, product("p-2", "b1", "shoes")),
+        (topics::PRODUCTS, product("p-3", "b2", "bags")),
+        (topics::PRODUCTS, deleted("p-3")),
+        (topics::PRICES, price("p-1", "EUR")),
+        (topics::PRICES, price("p-2", "EUR")),
+        (topics::PRICES, price("p-3", "USD")),
+        (topics::STOCK, stock("p-1", 5)),
+        (topics::STOCK, stock("p-2", 0)),
+        (topics::STOCK, stock("p-3", 0)),
+        (topics::PRODUCTS_ENRICHED, enriched("p-1", true)),
+        (topics::PRODUCTS_ENRICHED, enriched("p-2", false)),
+        (topics::AGGREGATES, aggregate("p-1")),
+    ];
+    for (topic, envelope) in &catalog {
+        broker
+            .produce_envelopes(topic, std::slice::from_ref(envelope))
+            .await
+            .unwrap();
+    }
+    // Activity happened 5 s ago: its age must say so. A poison record sits in the middle.
+    let before = [
+        activity(ActivityKind::ProductViewed, "p-1", None, 5),
+        activity(ActivityKind::ProductViewed, "p-2", None, 5),
+        activity(ActivityKind::AddedToCart, "p-1", None, 5),
+    ];
+    let after = [
+        activity(
+            ActivityKind::OrderPlaced,
+            "p-1",
+            Some((Some(3), 1000, "EUR")),
+            5,
+        ),
+        activity(
+            ActivityKind::OrderPlaced,
+            "p-2",
+            Some((None, 250, "USD")),
+            5,
+        ),
+    ];
+    broker
+        .produce_envelopes(topics::ACTIVITY, &before)
+        .await
+        .unwrap();
+    broker
+        .produce_raw(topics::ACTIVITY, &[RawRecord::new("p-1", "{not json")])
+        .await
+        .unwrap();
+    broker
+        .produce_envelopes(topics::ACTIVITY, &after)
+        .await
+        .unwrap();
+
+    let expected = totals(&[
+        (
+            "tributary.catalog.product.upserted",
+            &["brand:b1", "category:shoes"],
+            2.0,
+        ),
+        (
+            "tributary.catalog.product.upserted",
+            &["brand:b2", "category:bags"],
+            1.0,
+        ),
+        ("tributary.catalog.product.deleted", &[], 1.0),
+        ("tributary.catalog.price.updated", &["currency:EUR"], 2.0),
+        ("tributary.catalog.price.updated", &["currency:USD"], 1.0),
+        ("tributary.catalog.stock.changed", &[], 3.0),
+        ("tributary.catalog.stock.out_of_stock", &[], 2.0),
+        (
+            "tributary.catalog.product.enriched",
+            &["complete:true"],
+            1.0,
+        ),
+        (
+            "tributary.catalog.product.enriched",
+            &["complete:false"],
+            1.0,
+        ),
+        ("tributary.activity.event", &["kind:product_viewed"], 2.0),
+        ("tributary.activity.event", &["kind:added_to_cart"], 1.0),
+        ("tributary.activity.event", &["kind:order_placed"], 2.0),
+        ("tributary.activity.order.units", &[], 4.0),
+        (
+            "tributary.activity.order.revenue_minor",
+            &["currency:EUR"],
+            3000.0,
+        ),
+        (
+            "tributary.activity.order.revenue_minor",
+            &["currency:USD"],
+            250.0,
+        ),
+        (
+            "tributary.analytics.window.aggregated",
+            &["dim:product", "window:1m"],
+            1.0,
+        ),
+    ]);
+    let business = |totals: Totals| -> Totals {
+        totals
+            .into_iter()
+            .filter(|((name, _), _)| {
+                [
+                    "tributary.catalog.",
+                    "tributary.activity.",
+                    "tributary.analytics.",
+                ]
+                .iter()
+                .any(|p| name.starts_with(p))
+            })
+            .collect()
+    };
+    let started = Instant::now();
+    while business(agent.totals("tributary.")) != expected {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "totals never matched; got {:#?}",
+            business(agent.totals("tributary."))
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // The poison record went to the group's dead-letter topic, with the runtime's headers,
+    // and the orders after it were still counted (above).
+    let dead = broker
+        .consume_count(&[&format!("{group}.dlq")], 1, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(dead[0].value.as_deref(), Some(&b"{not json"[..]));
+    assert_eq!(dead[0].header(dlq::ORIGINAL_TOPIC), Some(topics::ACTIVITY));
+    assert_eq!(dead[0].header(dlq::ERROR_KIND), Some("not_json"));
+    assert!(dead[0].header(dlq::ORIGINAL_OFFSET).is_some());
+
+    // A clean stop sends everything; nothing is counted twice.
+    shutdown.trigger();
+    running.wait().await.unwrap();
+    agent.quiesce();
+    assert_eq!(business(agent.totals("tributary.")), expected);
+
+    // One age sample per envelope, tagged with its topic; activity is 5 s old.
+    let ages = agent.samples("tributary.event.age_ms");
+    for (topic, count) in [
+        (topics::PRODUCTS, 4),
+        (topics::PRICES, 3),
+        (topics::STOCK, 3),
+        (topics::PRODUCTS_ENRICHED, 2),
+        (topics::AGGREGATES, 1),
+        (topics::ACTIVITY, 5),
+    ] {
+        let tag = format!("topic:{topic}");
+        let samples: Vec<f64> = ages
+            .iter()
+            .filter(|(tags, _)| tags.contains(&tag))
+            .map(|(_, v)| *v)
+            .collect();
+        assert_eq!(samples.len(), count, "age samples for {topic}");
+        if topic == topics::ACTIVITY {
+            assert!(
+                samples.iter().all(|&ms| (5_000.0..65_000.0).contains(&ms)),
+                "{samples:?}"
+            );
+        }
+    }
+}
