@@ -97,6 +97,8 @@ pub struct LagMonitor {
     /// subscribes, so it never joins the group or commits).
     readers: HashMap<String, BaseConsumer>,
     history: HashMap<(String, String, i32), VecDeque<Observation>>,
+    /// Intervals to skip the client library's group listing after it failed.
+    library_backoff: u32,
     /// Per broker: intervals to skip DescribeGroups after it failed.
     describe_backoff: HashMap<String, u32>,
     last: LagReport,
@@ -122,6 +124,7 @@ impl LagMonitor {
             cluster,
             readers: HashMap::new(),
             history: HashMap::new(),
+            library_backoff: 0,
             describe_backoff: HashMap::new(),
             last: LagReport::default(),
         })
@@ -155,7 +158,17 @@ impl LagMonitor {
     /// each broker is asked directly, and a broker that lists groups but cannot describe
     /// them (Tansu 0.6 with SQLite storage) yields groups of unknown membership.
     fn read_groups(&mut self) -> Result<Vec<GroupInfo>, String> {
-        let library = self.cluster.fetch_group_list(None, REQUEST_TIMEOUT);
+        let library = if self.library_backoff > 0 {
+            self.library_backoff -= 1;
+            Err(KafkaError::Canceled)
+        } else {
+            self.cluster.fetch_group_list(None, REQUEST_TIMEOUT)
+        };
+        if library.is_err() && self.library_backoff == 0 {
+            // It will most likely fail again (the broker cannot describe groups), and a
+            // failing request costs this client its connection: ask again later.
+            self.library_backoff = DESCRIBE_RETRY_EVERY;
+        }
         let library_error = match library {
             Ok(list) if !list.groups().is_empty() => {
                 return Ok(list
