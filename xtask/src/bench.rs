@@ -30,7 +30,14 @@ producer publishing the same number of envelopes (pre-built, with the same heade
 topic and awaiting every ack, with the same producer settings and allocator. Each scenario runs \
 three rounds, each next to its own baseline (the broker's storage grows through the run); the \
 median round is shown. Tansu with memory storage. Load generator, ingest and broker share the \
-machine's two cores. Goals: single-event at least 30,000 requests/s, batches at least 0.6x.";
+machine's two cores. Goals: single-event at least 30,000 requests/s, batches at least 0.6x.
+- **metrics_emitter**: the real `metrics-emitter` binary (a child process, its StatsD sent to a \
+UDP socket that counts packets and lines) reading 1M activity events (a third each viewed, \
+carted, ordered) from the six envelope topics, against a bare rdkafka `BaseConsumer` reading \
+the same records without decoding. Its rate is read from `/status` positions (processed and \
+committed). Counters are aggregated per second in the process; `event.age_ms` and the \
+runtime's `processing.seconds` are distributions, sent per sample. Memory is the process's \
+resident set (`VmRSS`, peak `VmHWM`) at the end.";
 
 pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
     let mut messages = "1000000".to_owned();
@@ -48,6 +55,7 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
         ("tributary-events", "decode"),
         ("tributary-runtime", "consumer_loop"),
         ("ingest", "load"),
+        ("metrics-emitter", "throughput"),
     ] {
         eprintln!("xtask: benchmark {bench}");
         let output = cargo::cargo()
@@ -82,8 +90,8 @@ fn render(rows: &[Value]) -> String {
     );
     let _ = writeln!(doc, "## Machine\n\n{}\n", machine());
     doc.push_str("## Results\n\n");
-    doc.push_str("| benchmark | scenario | messages | record bytes | ours (msg/s) | baseline (msg/s) | ratio | latency p50 / p99 |\n");
-    doc.push_str("|---|---|---:|---:|---:|---:|---:|---:|\n");
+    doc.push_str("| benchmark | scenario | messages | record bytes | ours (msg/s) | baseline (msg/s) | ratio | latency p50 / p99 | also measured |\n");
+    doc.push_str("|---|---|---:|---:|---:|---:|---:|---:|---|\n");
     for row in rows {
         let latency = match (row["p50_ms"].as_f64(), row["p99_ms"].as_f64()) {
             (Some(p50), Some(p99)) => format!("{p50:.2} / {p99:.2} ms"),
@@ -91,7 +99,7 @@ fn render(rows: &[Value]) -> String {
         };
         let _ = writeln!(
             doc,
-            "| {} | {} | {} | {} | {} | {} | {:.2} | {latency} |",
+            "| {} | {} | {} | {} | {} | {} | {:.2} | {latency} | {} |",
             row["bench"].as_str().unwrap_or_default(),
             row["scenario"].as_str().unwrap_or_default(),
             row["messages"],
@@ -99,6 +107,7 @@ fn render(rows: &[Value]) -> String {
             thousands(row["ours_per_s"].as_f64().unwrap_or_default()),
             thousands(row["baseline_per_s"].as_f64().unwrap_or_default()),
             row["ratio"].as_f64().unwrap_or_default(),
+            row["notes"].as_str().unwrap_or("-"),
         );
     }
     let _ = write!(doc, "\n## What each baseline is\n\n{NOTES}\n");
