@@ -16,7 +16,8 @@ use tributary_testkit::{RawRecord, TestBroker, unique_name};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn known_events_produce_exact_counter_totals_tags_and_ages() {
-    let broker = TestBroker::start().unwrap();
+    // SQLite storage: the memory engine lists no groups, and the lag gauges are checked too.
+    let broker = TestBroker::start_durable().unwrap();
     for topic in topics::ALL {
         broker.create_named_topic(topic, 2).await.unwrap();
     }
@@ -163,6 +164,33 @@ async fn known_events_produce_exact_counter_totals_tags_and_ages() {
     assert_eq!(dead[0].header(dlq::ORIGINAL_TOPIC), Some(topics::ACTIVITY));
     assert_eq!(dead[0].header(dlq::ERROR_KIND), Some("not_json"));
     assert!(dead[0].header(dlq::ORIGINAL_OFFSET).is_some());
+
+    // The lag monitor's gauges for this very group, with their tags.
+    let started = Instant::now();
+    let gauge = |name: &str, tags: &[String]| {
+        agent.lines().iter().any(|l| {
+            l.starts_with(&format!("{name}:"))
+                && l.contains("|g")
+                && tags.iter().all(|t| l.contains(t.as_str()))
+        })
+    };
+    let group_tag = format!("group:{group}");
+    let lag_tags = [
+        group_tag.clone(),
+        format!("topic:{}", topics::ACTIVITY),
+        "partition:".to_owned(),
+    ];
+    while !(gauge(
+        "tributary.kafka.consumer.status",
+        std::slice::from_ref(&group_tag),
+    ) && gauge("tributary.kafka.consumer.lag", &lag_tags))
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no lag gauges for {group}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     // A clean stop sends everything; nothing is counted twice.
     shutdown.trigger();
