@@ -102,19 +102,41 @@ pub(crate) fn wait_ready(admin: &str, deadline: Duration) -> anyhow::Result<()> 
     }
 }
 
-fn post(api: &str, key: &str, path: &str, events: &[Value]) -> anyhow::Result<usize> {
+/// Posts one batch as a careful client does: with an `Idempotency-Key`, and retrying what
+/// ingest asks to be retried (`429`, `503`) after the `retry_after` it gives, a few times.
+fn post(
+    api: &str,
+    key: &str,
+    path: &str,
+    events: &[Value],
+    idempotency_key: &str,
+) -> anyhow::Result<usize> {
     let body = serde_json::to_vec(events)?;
-    let t = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
-    let headers = [
-        ("Content-Type", "application/json".to_owned()),
-        ("X-Client-Id", DEV_CLIENT.to_owned()),
-        ("X-Signature", sign(key, t, &body)?),
-    ];
-    let (status, answer) = request(api, "POST", path, &headers, &body)?;
-    if status != 202 {
-        bail!("POST {path} answered {status}: {answer}");
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let t = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+        let headers = [
+            ("Content-Type", "application/json".to_owned()),
+            ("X-Client-Id", DEV_CLIENT.to_owned()),
+            ("X-Signature", sign(key, t, &body)?),
+            ("Idempotency-Key", idempotency_key.to_owned()),
+        ];
+        let (status, answer) = request(api, "POST", path, &headers, &body)?;
+        match status {
+            202 => return Ok(events.len()),
+            429 | 503 if attempt < 6 => {
+                let wait = serde_json::from_str::<Value>(&answer)
+                    .ok()
+                    .and_then(|v| v["retry_after"].as_u64())
+                    .unwrap_or(1)
+                    .clamp(1, 5);
+                eprintln!("xtask: POST {path} answered {status}; retrying in {wait}s");
+                std::thread::sleep(Duration::from_secs(wait));
+            }
+            _ => bail!("POST {path} answered {status}: {answer}"),
+        }
     }
-    Ok(events.len())
 }
 
 /// Loads 1,200 products of 12 brands with prices and stock, and 3,000 activity events.
@@ -182,6 +204,8 @@ pub(crate) fn load(api: &str, key: &str) -> anyhow::Result<()> {
         activity.push(event);
     }
     let started = Instant::now();
+    // Idempotency keys unique to this load, so a retried batch is published once.
+    let run = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis();
     let mut total = 0;
     for (path, events) in [
         ("/v1/products", &products),
@@ -189,8 +213,8 @@ pub(crate) fn load(api: &str, key: &str) -> anyhow::Result<()> {
         ("/v1/stock", &stock),
         ("/v1/activity", &activity),
     ] {
-        for chunk in events.chunks(500) {
-            total += post(api, key, path, chunk)?;
+        for (i, chunk) in events.chunks(500).enumerate() {
+            total += post(api, key, path, chunk, &format!("demo-{run}-{path}-{i}"))?;
         }
     }
     println!(
