@@ -133,10 +133,13 @@ impl LagMonitor {
     /// Reads the cluster once, records one observation per group-partition and returns
     /// the evaluation. When the group list cannot be read, every known group turns ERR.
     pub fn observe(&mut self) -> LagReport {
-        let report = match self.read_groups() {
-            Ok(groups) => self.evaluate_groups(groups),
-            Err(e) => {
-                let error = format!("cannot list groups: {e}");
+        let read = self
+            .read_groups()
+            .map_err(|e| format!("cannot list groups: {e}"))
+            .and_then(|groups| self.evaluate_groups(groups));
+        let report = match read {
+            Ok(report) => report,
+            Err(error) => {
                 tracing::warn!(%error, "Lag monitor");
                 let mut report = self.last.clone();
                 for group in &mut report.groups {
@@ -321,14 +324,10 @@ impl LagMonitor {
             .collect())
     }
 
-    fn evaluate_groups(&mut self, groups: Vec<GroupInfo>) -> LagReport {
-        let partitions = match self.partitions() {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::warn!(error = %e, "Lag monitor cannot read topics");
-                Vec::new()
-            }
-        };
+    fn evaluate_groups(&mut self, groups: Vec<GroupInfo>) -> Result<LagReport, String> {
+        let partitions = self
+            .partitions()
+            .map_err(|e| format!("cannot read topics: {e}"))?;
         let mut watermarks: HashMap<(String, i32), Option<i64>> = HashMap::new();
         let mut report = LagReport::default();
         let mut seen_keys = BTreeSet::new();
@@ -399,7 +398,7 @@ impl LagMonitor {
         let listed: BTreeSet<&str> = report.groups.iter().map(|g| g.group.as_str()).collect();
         self.readers.retain(|g, _| listed.contains(g.as_str()));
         report.groups.sort_by(|a, b| a.group.cmp(&b.group));
-        report
+        Ok(report)
     }
 }
 
