@@ -207,6 +207,10 @@ async fn main() {
         ("POST, 1 event per request", scale / 2, 1),
         ("POST, 100 events per request", scale / 100, 100),
     ] {
+        // BENCH_ONLY=<batch size> runs one scenario (for profiling).
+        if std::env::var("BENCH_ONLY").is_ok_and(|only| only != batch.to_string()) {
+            continue;
+        }
         let mut rounds = Vec::new();
         for _ in 0..ROUNDS {
             let bare_rate = bare(&bare_config, requests * batch).await;
