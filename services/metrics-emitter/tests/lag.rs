@@ -6,12 +6,14 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use common::group as group_entry;
 use common::*;
 use serde_json::Value;
 use tributary_runtime::Shutdown;
 use tributary_runtime::rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use tributary_runtime::rdkafka::producer::FutureRecord;
 use tributary_runtime::rdkafka::{Offset, TopicPartitionList};
-use tributary_testkit::{RawRecord, TestBroker, unique_name};
+use tributary_testkit::{RawRecord, TestBroker, send_waiting, unique_name};
 
 const DEADLINE: Duration = Duration::from_secs(60);
 
@@ -220,6 +222,53 @@ async fn groups_read_err_when_the_cluster_cannot_be_read() {
     broker.stop().unwrap();
     let g = wait_for_group(admin, &group, DEADLINE, |g| g["status"] == "ERR").await;
     assert!(g["error"].as_str().is_some_and(|e| !e.is_empty()), "{g:#}");
+    shutdown.trigger();
+    running.wait().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_consumer_falling_behind_warns() {
+    let broker = TestBroker::shared();
+    let topic = broker.create_topic("lag-warn", 1).await.unwrap();
+    fill(broker, &topic, 0, 10).await;
+    let group = unique_name("lag-behind");
+    let (running, shutdown) = emitter(broker, &topic).await;
+    let admin = running.service.admin_addr;
+
+    // Every step: ten records arrive and the group commits three more: it moves, but its lag
+    // grows at every observation.
+    let committer: BaseConsumer = broker
+        .client_config()
+        .set("group.id", &group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let producer = broker.producer().unwrap();
+    let started = std::time::Instant::now();
+    let mut committed = 0;
+    let warned = loop {
+        for _ in 0..10 {
+            let record: FutureRecord<'_, str, str> = FutureRecord::to(&topic).key("k").payload("v");
+            send_waiting(&producer, record).await.unwrap().unwrap();
+        }
+        committed += 3;
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&topic, 0, Offset::Offset(committed))
+            .unwrap();
+        committer.commit(&tpl, CommitMode::Sync).unwrap();
+        let report = lag(admin).await;
+        if let Some(g) = group_entry(&report, &group).filter(|g| g["status"] == "WARN") {
+            break g.clone();
+        }
+        assert!(
+            started.elapsed() < DEADLINE,
+            "never WARN; last /lag:\n{report:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let p = partitions(&warned, &topic)[0];
+    assert_eq!(p["status"], "WARN");
+    assert!(p["lag"].as_i64().unwrap() > 0);
     shutdown.trigger();
     running.wait().await.unwrap();
 }
