@@ -1,6 +1,6 @@
 //! Business metrics end to end: known events on the real topics produce exactly the
-//! expected DogStatsD counter totals and `event.age_ms` samples; a poison record is
-//! dead-lettered and metrics keep flowing. (Its own test binary: the metrics recorder is
+//! expected DogStatsD counter totals and `event.age_ms` samples; bad records of every kind
+//! are dead-lettered and metrics keep flowing. (Its own test binary: the metrics recorder is
 //! process-wide and must point at this test's agent.)
 
 mod common;
@@ -75,8 +75,32 @@ async fn known_events_produce_exact_counter_totals_tags_and_ages() {
         .produce_envelopes(topics::ACTIVITY, &before)
         .await
         .unwrap();
+    // Bad input of every kind: malformed, an unknown version, a wrongly typed field, an
+    // oversized field, an unknown type, not an envelope. Each is dead-lettered; none stops
+    // the stream.
+    let good = after[0].to_json();
+    let with = |path: &str, value: serde_json::Value| {
+        let mut v = good.clone();
+        *v.pointer_mut(path).unwrap() = value;
+        v.to_string()
+    };
+    let poison = [
+        ("{not json".to_owned(), "not_json"),
+        (with("/v", 99.into()), "unsupported_version"),
+        (with("/data/quantity", "three".into()), "invalid_payload"),
+        (
+            with("/data/retailer_id", "r".repeat(300_000).into()),
+            "invalid_payload",
+        ),
+        (with("/type", "activity.teleported".into()), "unknown_type"),
+        ("[1, 2, 3]".to_owned(), "not_envelope"),
+    ];
+    let records: Vec<RawRecord> = poison
+        .iter()
+        .map(|(value, _)| RawRecord::new("p-1", value.as_bytes()))
+        .collect();
     broker
-        .produce_raw(topics::ACTIVITY, &[RawRecord::new("p-1", "{not json")])
+        .produce_raw(topics::ACTIVITY, &records)
         .await
         .unwrap();
     broker
@@ -154,16 +178,22 @@ async fn known_events_produce_exact_counter_totals_tags_and_ages() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    // The poison record went to the group's dead-letter topic, with the runtime's headers,
-    // and the orders after it were still counted (above).
+    // Every bad record went to the group's dead-letter topic, in order, with the runtime's
+    // headers, and the orders after them were still counted (above).
     let dead = broker
-        .consume_count(&[&format!("{group}.dlq")], 1, Duration::from_secs(30))
+        .consume_count(
+            &[&format!("{group}.dlq")],
+            poison.len(),
+            Duration::from_secs(30),
+        )
         .await
         .unwrap();
-    assert_eq!(dead[0].value.as_deref(), Some(&b"{not json"[..]));
-    assert_eq!(dead[0].header(dlq::ORIGINAL_TOPIC), Some(topics::ACTIVITY));
-    assert_eq!(dead[0].header(dlq::ERROR_KIND), Some("not_json"));
-    assert!(dead[0].header(dlq::ORIGINAL_OFFSET).is_some());
+    for (record, (value, kind)) in dead.iter().zip(&poison) {
+        assert_eq!(record.value.as_deref(), Some(value.as_bytes()));
+        assert_eq!(record.header(dlq::ORIGINAL_TOPIC), Some(topics::ACTIVITY));
+        assert_eq!(record.header(dlq::ERROR_KIND), Some(*kind), "{value:.80}");
+        assert!(record.header(dlq::ORIGINAL_OFFSET).is_some());
+    }
 
     // The lag monitor's gauges for this very group, with their tags.
     let started = Instant::now();
