@@ -204,8 +204,30 @@ async fn status(State(state): State<AdminState>) -> Response {
     axum::Json(state.health.status()).into_response()
 }
 
-/// Binds `addr` (port 0 picks a free port) and serves `router` until `shutdown`; returns
-/// the bound address and the server task.
+/// Answers unknown paths (404) and unsupported methods (405, with `Allow`) with a JSON body
+/// naming the problem, like every other error of the suite. Apply after every route is
+/// added: the 405 answer covers the routes registered so far.
+pub fn json_fallbacks(router: Router) -> Router {
+    router
+        .fallback(|| async {
+            (
+                StatusCode::NOT_FOUND,
+                axum::Json(json!({"error": "not_found", "message": "no such endpoint"})),
+            )
+        })
+        .method_not_allowed_fallback(|method: axum::http::Method| async move {
+            (
+                StatusCode::METHOD_NOT_ALLOWED,
+                axum::Json(json!({
+                    "error": "method_not_allowed",
+                    "message": format!("{method} is not supported here; see the Allow header"),
+                })),
+            )
+        })
+}
+
+/// Binds `addr` (port 0 picks a free port) and serves `router` (with JSON 404 and 405
+/// answers) until `shutdown`; returns the bound address and the server task.
 pub async fn serve(
     addr: SocketAddr,
     router: Router,
@@ -213,6 +235,7 @@ pub async fn serve(
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<std::io::Result<()>>)> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
+    let router = json_fallbacks(router);
     let task = tokio::spawn(async move {
         axum::serve(listener, router)
             .with_graceful_shutdown(async move { shutdown.wait().await })

@@ -106,3 +106,27 @@ async fn readiness_follows_assignment_and_metrics_and_status_report_the_work() {
     shutdown.trigger();
     running.wait().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn unknown_paths_and_methods_get_a_json_answer() {
+    let broker = TestBroker::shared();
+    let topic = broker.create_topic("rt-admin-404", 1).await.unwrap();
+    let group = unique_group("rt-admin-404-group");
+    let http = reqwest::Client::new();
+    let (running, shutdown) = start(config(broker, &group), &[&topic], Recorder::default()).await;
+    let base = format!("http://{}", running.admin_addr);
+
+    let res = http.get(format!("{base}/nope")).send().await.unwrap();
+    assert_eq!(res.status(), 404);
+    assert_eq!(res.json::<Value>().await.unwrap()["error"], "not_found");
+
+    let res = http.post(format!("{base}/healthz")).send().await.unwrap();
+    assert_eq!(res.status(), 405);
+    let allow = res.headers()["allow"].to_str().unwrap().to_owned();
+    assert!(allow.contains("GET"), "{allow}");
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["error"], "method_not_allowed");
+    assert!(body["message"].as_str().unwrap().contains("POST"), "{body}");
+    shutdown.trigger();
+    running.wait().await.unwrap();
+}

@@ -164,7 +164,7 @@ fn router(state: Arc<AppState>) -> Router {
             handle(state, route, None, headers, body).await
         }
     };
-    Router::new()
+    let routes = Router::new()
         .route("/v1/products", post(post_route(Route::Products)))
         .route("/v1/prices", post(post_route(Route::Prices)))
         .route("/v1/stock", post(post_route(Route::Stock)))
@@ -180,13 +180,9 @@ fn router(state: Arc<AppState>) -> Router {
                 },
             ),
         )
-        .fallback(|| async {
-            (
-                StatusCode::NOT_FOUND,
-                axum::Json(json!({"error": "not_found", "message": "no such endpoint"})),
-            )
-        })
-        .with_state(state)
+        .with_state(state);
+    // Unknown paths and methods answer in JSON like every other error.
+    admin::json_fallbacks(routes)
 }
 
 async fn handle(

@@ -250,10 +250,21 @@ async fn invalid_requests_get_their_status_and_a_json_body_naming_the_problem() 
     );
     assert!(metrics.contains("status=\"413\""), "{metrics}");
 
-    // 404 is JSON too.
+    // 404 and 405 are JSON too; 405 says which methods the path takes.
     let res = post("/v1/nothing").body("{}").send().await.unwrap();
     assert_eq!(res.status(), 404);
     assert_eq!(res.json::<Value>().await.unwrap()["error"], "not_found");
+    let res = reqwest::Client::new()
+        .get(format!("{}/v1/products", api.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 405);
+    assert_eq!(res.headers()["allow"], "POST");
+    assert_eq!(
+        res.json::<Value>().await.unwrap()["error"],
+        "method_not_allowed"
+    );
     api.stop().await;
 }
 

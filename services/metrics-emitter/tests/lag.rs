@@ -110,6 +110,18 @@ async fn committed_offsets_of_any_group_are_reported_with_exact_lag() {
         .map(|p| p["lag"].as_i64().unwrap())
         .sum();
     assert_eq!(total, 40 - 4 - 2);
+
+    // `/lag` only reads; anything else is named in JSON.
+    let res = reqwest::Client::new()
+        .post(format!("http://{admin}/lag"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 405);
+    assert_eq!(
+        res.json::<Value>().await.unwrap()["error"],
+        "method_not_allowed"
+    );
     shutdown.trigger();
     running.wait().await.unwrap();
 }
