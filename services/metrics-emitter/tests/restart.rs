@@ -137,9 +137,10 @@ async fn wait_counted(agent: &Agent, at_least: f64) {
     let started = Instant::now();
     while orders_counted(agent) < at_least {
         assert!(
-            started.elapsed() < Duration::from_secs(120),
-            "counted {} of {at_least}",
-            orders_counted(agent)
+            started.elapsed() < Duration::from_secs(240),
+            "counted {} of {at_least}; last lines: {:?}",
+            orders_counted(agent),
+            agent.lines().iter().rev().take(5).collect::<Vec<_>>()
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
