@@ -237,8 +237,14 @@ impl LagMonitor {
             return Ok(Vec::new());
         }
         let names: Vec<String> = listed.iter().map(|l| l.group.clone()).collect();
-        let described = if self.describe_backoff.get(broker).copied().unwrap_or(0) > 0 {
-            *self.describe_backoff.get_mut(broker).expect("present") -= 1;
+        let backing_off = match self.describe_backoff.get_mut(broker) {
+            Some(left) if *left > 0 => {
+                *left -= 1;
+                true
+            }
+            _ => false,
+        };
+        let described = if backing_off {
             None
         } else {
             // A fresh connection: a broker that fails the request may drop it.
