@@ -149,9 +149,14 @@ impl RuntimeConfig {
         self.with_extra(config)
     }
 
-    /// Admin client settings.
+    /// Settings for admin and metadata clients (some are consumers that never join a group).
     pub fn admin_config(&self, service: &str) -> Result<ClientConfig, PropertyError> {
-        self.with_extra(self.base(service))
+        let mut config = self.base(service);
+        // librdkafka checks a consumer's settings against each other even when it never
+        // joins a group (`max.poll.interval.ms` >= `session.timeout.ms`): with the service's
+        // own session timeout, any KAFKA_CONFIG valid for its consumer is valid here too.
+        config.set("session.timeout.ms", self.session_timeout_ms.to_string());
+        self.with_extra(config)
     }
 
     /// The shutdown deadline.
@@ -206,5 +211,18 @@ mod tests {
     fn a_malformed_property_is_an_error_not_ignored() {
         let cli = Cli::parse_from(["svc", "--kafka-config", "oops"]);
         assert!(cli.config.consumer_config("svc").is_err());
+    }
+
+    #[test]
+    fn consumer_settings_in_kafka_config_are_valid_for_every_client() {
+        let mut c = RuntimeConfig::defaults();
+        c.session_timeout_ms = 6000;
+        c.kafka_config = vec!["max.poll.interval.ms=15000".into()];
+        let consumer: Result<rdkafka::consumer::BaseConsumer, _> =
+            c.consumer_config("svc").unwrap().create();
+        assert!(consumer.is_ok());
+        let metadata: Result<rdkafka::consumer::BaseConsumer, _> =
+            c.admin_config("svc").unwrap().create();
+        assert!(metadata.is_ok(), "{:?}", metadata.err());
     }
 }

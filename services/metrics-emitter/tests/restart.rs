@@ -40,6 +40,10 @@ fn spawn(broker: &TestBroker, agent: &Agent, group: &str) -> Emitter {
         .env("SESSION_TIMEOUT_MS", "6000")
         .env("COMMIT_INTERVAL_MS", "200")
         .env("SHUTDOWN_TIMEOUT_MS", "10000")
+        // The rebalance timeout follows max.poll.interval.ms (5 min by default); Tansu can wait
+        // that long for a SIGKILLed member to rejoin before the replacement gets partitions.
+        // The runtime's poll thread never waits on processing, so 15 s is plenty.
+        .env("KAFKA_CONFIG", "max.poll.interval.ms=15000")
         .env(
             "LAG_INTERVAL_MS",
             std::env::var("CHILD_LAG").unwrap_or_else(|_| "1000".into()),
