@@ -46,7 +46,9 @@ fn spawn(broker: &TestBroker, agent: &Agent, group: &str) -> Emitter {
         .env("KAFKA_CONFIG", "max.poll.interval.ms=15000")
         .env(
             "LAG_INTERVAL_MS",
-            std::env::var("CHILD_LAG").unwrap_or_else(|_| "1000".into()),
+            // The lag monitor is not under test here, and on Tansu with SQLite each of its
+            // group listings makes the broker fail a DescribeGroups: keep it out of the way.
+            std::env::var("CHILD_LAG").unwrap_or_else(|_| "600000".into()),
         )
         .env(
             "RUST_LOG",
