@@ -24,7 +24,7 @@ use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
+use rdkafka::message::{Headers, Message, OwnedMessage};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use rdkafka::statistics::Statistics;
 use rdkafka::{Offset, TopicPartitionList};
@@ -620,15 +620,12 @@ fn dead_letter<P>(
 /// Enqueues a record on the producer, waiting while its queue is full (back-pressure).
 async fn enqueue<P>(shared: &Shared<P>, record: &OutRecord) -> DeliveryFuture {
     loop {
-        let headers = record
-            .headers
-            .iter()
-            .fold(OwnedHeaders::new(), |hs, (k, v)| {
-                hs.insert(Header {
-                    key: k,
-                    value: Some(v.as_slice()),
-                })
-            });
+        let headers = crate::kafka::owned_headers(
+            record
+                .headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_slice())),
+        );
         let mut future_record: FutureRecord<'_, [u8], [u8]> =
             FutureRecord::to(&record.topic).headers(headers);
         if let Some(key) = &record.key {

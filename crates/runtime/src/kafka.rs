@@ -38,6 +38,20 @@ pub fn reachable<C: rdkafka::ClientContext>(client: &rdkafka::client::Client<C>)
         .is_ok()
 }
 
+/// Kafka headers from (name, value) pairs, in order.
+pub fn owned_headers<'a, V: AsRef<[u8]> + 'a>(
+    pairs: impl IntoIterator<Item = (&'a str, V)>,
+) -> rdkafka::message::OwnedHeaders {
+    pairs
+        .into_iter()
+        .fold(rdkafka::message::OwnedHeaders::new(), |hs, (k, v)| {
+            hs.insert(rdkafka::message::Header {
+                key: k,
+                value: Some(v.as_ref()),
+            })
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tributary_events::{Envelope, Event, Stock, TraceParent, topics};
-use tributary_runtime::rdkafka::message::{Header, OwnedHeaders};
+use tributary_runtime::kafka::owned_headers;
 use tributary_runtime::rdkafka::producer::{FutureProducer, FutureRecord};
 use tributary_runtime::{RuntimeConfig, Shutdown};
 use tributary_testkit::{TestBroker, send_waiting};
@@ -158,15 +158,7 @@ async fn bare(config: &RuntimeConfig, events: usize) -> f64 {
     let mut deliveries = Vec::with_capacity(events);
     for e in &envelopes {
         let value = e.encode();
-        let headers = e
-            .headers()
-            .into_iter()
-            .fold(OwnedHeaders::new(), |hs, (k, v)| {
-                hs.insert(Header {
-                    key: k,
-                    value: Some(v.as_bytes()),
-                })
-            });
+        let headers = owned_headers(e.headers());
         let record: FutureRecord<'_, str, [u8]> = FutureRecord::to(topics::STOCK)
             .key(e.key.as_str())
             .payload(value.as_slice())

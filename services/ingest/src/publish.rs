@@ -11,10 +11,10 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 use tributary_events::Envelope;
+use tributary_runtime::kafka::owned_headers;
 use tributary_runtime::rdkafka::ClientContext;
 use tributary_runtime::rdkafka::config::ClientConfig;
 use tributary_runtime::rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
-use tributary_runtime::rdkafka::message::{Header, OwnedHeaders};
 use tributary_runtime::rdkafka::producer::{
     BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer,
 };
@@ -132,15 +132,7 @@ impl Publisher {
         let acks = Arc::new(Acks::new(envelopes.len()));
         for (sent, envelope) in envelopes.iter().enumerate() {
             let value = envelope.encode();
-            let headers = envelope
-                .headers()
-                .into_iter()
-                .fold(OwnedHeaders::new(), |hs, (k, v)| {
-                    hs.insert(Header {
-                        key: k,
-                        value: Some(v.as_bytes()),
-                    })
-                });
+            let headers = owned_headers(envelope.headers());
             let record = BaseRecord::with_opaque_to(envelope.event_type().topic(), acks.clone())
                 .key(envelope.key.as_str())
                 .payload(value.as_slice())

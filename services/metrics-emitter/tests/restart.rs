@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use common::events::activity;
 use common::*;
 use tributary_events::{ActivityKind, Envelope, topics};
+use tributary_runtime::kafka::owned_headers;
 use tributary_runtime::rdkafka::consumer::{BaseConsumer, Consumer};
-use tributary_runtime::rdkafka::message::{Header, OwnedHeaders};
 use tributary_runtime::rdkafka::producer::FutureRecord;
 use tributary_runtime::rdkafka::{Offset, TopicPartitionList};
 use tributary_testkit::{RawRecord, TestBroker, send_waiting, unique_name};
@@ -107,15 +107,12 @@ fn produce_steadily(broker: &'static TestBroker) -> tokio::task::JoinHandle<()> 
             for envelope in chunk {
                 let record = RawRecord::from_envelope(envelope);
                 let value = record.value.clone().unwrap();
-                let headers = record
-                    .headers
-                    .iter()
-                    .fold(OwnedHeaders::new(), |hs, (k, v)| {
-                        hs.insert(Header {
-                            key: k,
-                            value: Some(v.as_bytes()),
-                        })
-                    });
+                let headers = owned_headers(
+                    record
+                        .headers
+                        .iter()
+                        .map(|(k, v)| (k.as_str(), v.as_bytes())),
+                );
                 let record: FutureRecord<'_, [u8], Vec<u8>> = FutureRecord::to(topics::ACTIVITY)
                     .key(envelope.key.as_bytes())
                     .payload(&value)
