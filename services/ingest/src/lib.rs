@@ -37,6 +37,9 @@ use idempotency::{Begin, Store};
 /// The admin port of ingest (CONTRACTS.md).
 pub const ADMIN_PORT: u16 = 9101;
 
+/// Largest refused body that is still read to the end before answering 413.
+const DRAIN_LIMIT: usize = 8 * 1024 * 1024;
+
 /// Messages the producer queue holds; requests beyond it are answered 503.
 const QUEUE_CAPACITY: usize = 100_000;
 
@@ -235,7 +238,12 @@ async fn accept(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > limit) {
+    if let Some(n) = declared.filter(|n| *n > limit) {
+        // Read and drop what the client is already sending (up to a bound), so it reads our
+        // 413 instead of a connection reset while it is still writing.
+        if n <= DRAIN_LIMIT {
+            let _ = axum::body::to_bytes(body, DRAIN_LIMIT).await;
+        }
         return Err(too_large());
     }
     let bytes = axum::body::to_bytes(body, limit)
