@@ -69,6 +69,7 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
     .context("installing the Ctrl-C handler")?;
 
     let mut broker = None;
+    let mut kafka_config = std::env::var("KAFKA_CONFIG").ok();
     let brokers = match std::env::var("KAFKA_BROKERS") {
         Ok(brokers) if !brokers.trim().is_empty() => {
             eprintln!("xtask: using the cluster at KAFKA_BROKERS={brokers}");
@@ -76,6 +77,10 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
         }
         _ => {
             broker = Some(start_broker(&root)?);
+            // The dev broker holds every fetch for the full fetch.wait.max.ms
+            // (ARCHITECTURE.md section 9): librdkafka's 500 ms default would cap every
+            // service near 60k records/s and delay each message by up to half a second.
+            kafka_config.get_or_insert_with(|| DEV_BROKER_CLIENT.to_owned());
             DEV_BROKER.to_owned()
         }
     };
@@ -86,6 +91,7 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
         brokers: &brokers,
         services: &services,
         dev_key: dev_key.as_deref(),
+        kafka_config: kafka_config.as_deref(),
         demo,
     };
     let result = run_suite(&suite, &stop_rx, broker.as_mut());
@@ -95,6 +101,9 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
     result
 }
 
+/// Client settings for the dev broker (production keeps librdkafka's defaults).
+const DEV_BROKER_CLIENT: &str = "fetch.wait.max.ms=5";
+
 /// What `up` runs.
 struct Suite<'a> {
     root: &'a Path,
@@ -102,6 +111,7 @@ struct Suite<'a> {
     brokers: &'a str,
     services: &'a [String],
     dev_key: Option<&'a str>,
+    kafka_config: Option<&'a str>,
     demo: bool,
 }
 
@@ -116,6 +126,7 @@ fn run_suite(
         brokers,
         services,
         dev_key,
+        kafka_config,
         demo,
     } = *suite;
     eprintln!("xtask: applying deploy/topics.yaml");
@@ -143,6 +154,9 @@ fn run_suite(
                 "LOG_FORMAT",
                 std::env::var("LOG_FORMAT").unwrap_or_else(|_| "pretty".into()),
             );
+        if let Some(kafka_config) = kafka_config {
+            command.env("KAFKA_CONFIG", kafka_config);
+        }
         if let (Some(key), "ingest") = (dev_key, name.as_str()) {
             command.env(
                 "INGEST_CLIENT_KEYS",

@@ -17,9 +17,10 @@ struct Cli {
         global = true
     )]
     brokers: String,
-    /// Extra librdkafka properties, `key=value,key=value`.
-    #[arg(long, env = "KAFKA_CONFIG", default_value = "", global = true)]
-    kafka_config: String,
+    /// Extra librdkafka properties, `key=value`; repeatable, each a list separated by `,`
+    /// (or `;`, so values may hold commas), read like the services read `KAFKA_CONFIG`.
+    #[arg(long, env = "KAFKA_CONFIG", global = true, value_parser = tributary_runtime::config::parse_setting)]
+    kafka_config: Vec<tributary_runtime::config::KafkaSetting>,
     #[command(subcommand)]
     command: Command,
 }
@@ -34,7 +35,10 @@ enum Command {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let extra = tributary_runtime::kafka::parse_properties(&cli.kafka_config)?;
+    let mut extra = Vec::new();
+    for setting in &cli.kafka_config {
+        extra.extend(tributary_runtime::kafka::parse_properties(&setting.0)?);
+    }
     let config = tributary_runtime::kafka::client_config(&cli.brokers, &extra);
     match cli.command {
         Command::Topics(command) => topics::run(command, &config).await,

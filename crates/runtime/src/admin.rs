@@ -30,6 +30,16 @@ pub struct PartitionStatus {
     pub lag: Option<i64>,
     /// Messages read and not yet finished.
     pub in_flight: usize,
+    /// `assigning` (paused until the processor's assignment hook returns), `running`,
+    /// `throttled` (paused at its in-flight budget) or `stuck` (see `problem`).
+    pub state: String,
+    /// Why the partition cannot make progress, while it cannot (deliveries failing, the
+    /// assignment hook or a batch commit failing).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
+    /// How often the fetch stream skipped offsets forward (compaction, transaction
+    /// markers).
+    pub offset_gaps: u64,
 }
 
 #[derive(Debug, Default)]
@@ -128,6 +138,19 @@ impl Health {
         }
         if inner.needs_assignment && inner.partitions.is_empty() {
             reasons.push("no partitions assigned".to_owned());
+        }
+        for p in inner.partitions.values() {
+            if let Some(problem) = &p.problem {
+                reasons.push(format!(
+                    "partition {}/{} stuck: {problem}",
+                    p.topic, p.partition
+                ));
+            } else if p.state == "assigning" {
+                reasons.push(format!(
+                    "partition {}/{} assigning (state not restored yet)",
+                    p.topic, p.partition
+                ));
+            }
         }
         reasons.extend(inner.blockers.values().cloned());
         reasons

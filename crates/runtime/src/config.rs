@@ -7,7 +7,40 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 use rdkafka::ClientConfig;
 
-use crate::kafka::{PropertyError, parse_properties};
+use crate::kafka::{PropertyError, check_unprotected, parse_properties, redacted};
+
+/// One `--kafka-config` value (or the whole `KAFKA_CONFIG`): librdkafka properties in the
+/// form [`parse_properties`] reads. Its `Debug` hides secret values.
+#[derive(Clone, PartialEq, Eq)]
+pub struct KafkaSetting(pub String);
+
+impl std::fmt::Debug for KafkaSetting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match parse_properties(&self.0) {
+            Ok(pairs) => write!(f, "{:?}", redacted(&pairs)),
+            Err(_) => f.write_str("\"<malformed>\""),
+        }
+    }
+}
+
+impl std::str::FromStr for KafkaSetting {
+    type Err = PropertyError;
+    fn from_str(s: &str) -> Result<KafkaSetting, PropertyError> {
+        parse_properties(s)?;
+        Ok(KafkaSetting(s.to_owned()))
+    }
+}
+
+/// Checks a `--kafka-config` value while the command line is read.
+pub fn parse_setting(s: &str) -> Result<KafkaSetting, PropertyError> {
+    s.parse()
+}
+
+impl From<&str> for KafkaSetting {
+    fn from(s: &str) -> KafkaSetting {
+        KafkaSetting(s.to_owned())
+    }
+}
 
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -25,13 +58,24 @@ pub struct RuntimeConfig {
     /// Kafka bootstrap servers.
     #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
     pub brokers: String,
-    /// Extra librdkafka properties as `key=value`; repeatable, and `KAFKA_CONFIG` takes a
-    /// comma-separated list. Applied last, so they override the runtime's defaults.
-    #[arg(long = "kafka-config", env = "KAFKA_CONFIG", value_delimiter = ',')]
-    pub kafka_config: Vec<String>,
+    /// Extra librdkafka properties, `key=value`; repeatable. `KAFKA_CONFIG` and each flag
+    /// take a list separated by `,` (or by `;`, so that values may hold commas). Applied
+    /// after the runtime's defaults; the settings the delivery guarantees rest on
+    /// (auto commit and offset store, isolation level, idempotence, acks, group ids) are
+    /// refused with an error.
+    #[arg(long = "kafka-config", env = "KAFKA_CONFIG", value_parser = parse_setting)]
+    pub kafka_config: Vec<KafkaSetting>,
+    /// Settings applied after everything else and never checked: for tests that must work
+    /// around a dev-broker defect. Not reachable from flags or the environment.
+    #[arg(skip)]
+    pub unchecked_overrides: Vec<(String, String)>,
     /// Consumer group id (default: the service's name). Dead letters go to `<group>.dlq`.
     #[arg(long, env = "GROUP_ID")]
     pub group_id: Option<String>,
+    /// Static group membership: a stable id per instance (a StatefulSet pod's name), so a
+    /// restart within the session timeout keeps its partitions without a rebalance.
+    #[arg(long, env = "GROUP_INSTANCE_ID")]
+    pub group_instance_id: Option<String>,
     /// Kafka client id (default: the service's name).
     #[arg(long, env = "CLIENT_ID")]
     pub client_id: Option<String>,
@@ -93,9 +137,15 @@ impl RuntimeConfig {
         self.group_id.clone().unwrap_or_else(|| service.to_owned())
     }
 
-    /// The extra librdkafka properties, parsed.
+    /// The extra librdkafka properties, parsed and checked: a malformed item or a
+    /// protected setting is an error naming it.
     pub fn properties(&self) -> Result<Vec<(String, String)>, PropertyError> {
-        parse_properties(&self.kafka_config.join(","))
+        let mut pairs = Vec::new();
+        for setting in &self.kafka_config {
+            pairs.extend(parse_properties(&setting.0)?);
+        }
+        check_unprotected(&pairs)?;
+        Ok(pairs)
     }
 
     /// Base client settings: brokers and client id; extra properties are applied by callers
@@ -114,10 +164,27 @@ impl RuntimeConfig {
     }
 
     fn with_extra(&self, mut config: ClientConfig) -> Result<ClientConfig, PropertyError> {
-        for (k, v) in self.properties()? {
-            config.set(k, v);
-        }
+        self.with_extra_for(&mut config, |_| true)?;
         Ok(config)
+    }
+
+    /// Applies the extra properties that `applies` accepts, then the unchecked overrides.
+    fn with_extra_for(
+        &self,
+        config: &mut ClientConfig,
+        applies: impl Fn(&str) -> bool,
+    ) -> Result<(), PropertyError> {
+        for (k, v) in self.properties()? {
+            if applies(&k) {
+                config.set(k, v);
+            }
+        }
+        for (k, v) in &self.unchecked_overrides {
+            if applies(k) {
+                config.set(k, v);
+            }
+        }
+        Ok(())
     }
 
     /// Consumer settings: manual offset storage and commits, earliest reset.
@@ -127,7 +194,11 @@ impl RuntimeConfig {
             .set("group.id", self.group(service))
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
+            .set("isolation.level", "read_committed")
             .set("auto.offset.reset", "earliest")
+            // Only the partitions that move are revoked on a rebalance; the others keep
+            // processing (and a stateful processor keeps its state open).
+            .set("partition.assignment.strategy", "cooperative-sticky")
             .set("session.timeout.ms", self.session_timeout_ms.to_string())
             .set(
                 "heartbeat.interval.ms",
@@ -135,7 +206,11 @@ impl RuntimeConfig {
             )
             // Partition EOF events would only be noise in the loop.
             .set("enable.partition.eof", "false");
-        self.with_extra(config)
+        if let Some(id) = &self.group_instance_id {
+            config.set("group.instance.id", id);
+        }
+        self.with_extra_for(&mut config, |key| !is_producer_only(key))?;
+        Ok(config)
     }
 
     /// Producer settings: idempotent, acknowledged by all in-sync replicas.
@@ -146,7 +221,10 @@ impl RuntimeConfig {
             .set("acks", "all")
             .set("linger.ms", "5")
             .set("compression.type", "lz4");
-        self.with_extra(config)
+        // One KAFKA_CONFIG serves every client; librdkafka warns about a consumer
+        // property given to a producer, so those stay with the consumer.
+        self.with_extra_for(&mut config, |key| !is_consumer_only(key))?;
+        Ok(config)
     }
 
     /// Settings for admin and metadata clients (some are consumers that never join a group).
@@ -163,6 +241,45 @@ impl RuntimeConfig {
     pub fn shutdown_timeout(&self) -> Duration {
         Duration::from_millis(self.shutdown_timeout_ms)
     }
+}
+
+/// Properties librdkafka only reads in a producer (and warns about in a consumer).
+fn is_producer_only(key: &str) -> bool {
+    key.starts_with("queue.buffering.")
+        || key.starts_with("batch.")
+        || key.starts_with("compression.")
+        || key.starts_with("sticky.partitioning")
+        || matches!(
+            key,
+            "linger.ms"
+                | "message.timeout.ms"
+                | "delivery.timeout.ms"
+                | "message.send.max.retries"
+                | "retries"
+                | "request.timeout.ms"
+                | "partitioner"
+                | "transactional.id"
+                | "transaction.timeout.ms"
+                | "enable.gapless.guarantee"
+        )
+}
+
+/// Properties librdkafka only reads in a consumer (and warns about in a producer).
+fn is_consumer_only(key: &str) -> bool {
+    key.starts_with("fetch.")
+        || key.starts_with("queued.")
+        || key.starts_with("auto.")
+        || matches!(
+            key,
+            "max.partition.fetch.bytes"
+                | "max.poll.interval.ms"
+                | "session.timeout.ms"
+                | "heartbeat.interval.ms"
+                | "partition.assignment.strategy"
+                | "group.protocol"
+                | "check.crcs"
+                | "enable.partition.eof"
+        )
 }
 
 #[cfg(test)]
@@ -199,18 +316,65 @@ mod tests {
             "session.timeout.ms=6000",
             "--kafka-config",
             "fetch.min.bytes=10,linger.ms=0",
+            "--kafka-config",
+            "debug=broker,topic",
         ]);
         let consumer = cli.config.consumer_config("svc").unwrap();
         assert_eq!(consumer.get("session.timeout.ms"), Some("6000"));
         assert_eq!(consumer.get("fetch.min.bytes"), Some("10"));
+        assert_eq!(consumer.get("debug"), Some("broker,topic"));
         let producer = cli.config.producer_config("svc").unwrap();
         assert_eq!(producer.get("linger.ms"), Some("0"));
+        assert_eq!(
+            producer.get("fetch.min.bytes"),
+            None,
+            "consumer settings stay with the consumer"
+        );
+        assert_eq!(
+            consumer.get("linger.ms"),
+            None,
+            "and producer settings with the producer"
+        );
+    }
+
+    #[test]
+    fn a_protected_setting_is_refused_by_name() {
+        let cli = Cli::parse_from(["svc", "--kafka-config", "enable.auto.commit=true"]);
+        let error = cli.config.consumer_config("svc").unwrap_err();
+        assert!(error.to_string().contains("enable.auto.commit"), "{error}");
+        let cli = Cli::parse_from(["svc", "--kafka-config", "enable.idempotence=false"]);
+        assert!(cli.config.producer_config("svc").is_err());
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let cli = Cli::parse_from([
+            "svc",
+            "--kafka-config",
+            "sasl.password=hunter2,sasl.mechanism=PLAIN",
+        ]);
+        let shown = format!("{:?}", cli.config);
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("sasl.mechanism=PLAIN"), "{shown}");
+    }
+
+    #[test]
+    fn cooperative_rebalancing_and_static_membership() {
+        let mut c = RuntimeConfig::defaults();
+        let consumer = c.consumer_config("svc").unwrap();
+        assert_eq!(
+            consumer.get("partition.assignment.strategy"),
+            Some("cooperative-sticky")
+        );
+        assert_eq!(consumer.get("group.instance.id"), None);
+        c.group_instance_id = Some("svc-0".into());
+        let consumer = c.consumer_config("svc").unwrap();
+        assert_eq!(consumer.get("group.instance.id"), Some("svc-0"));
     }
 
     #[test]
     fn a_malformed_property_is_an_error_not_ignored() {
-        let cli = Cli::parse_from(["svc", "--kafka-config", "oops"]);
-        assert!(cli.config.consumer_config("svc").is_err());
+        assert!(Cli::try_parse_from(["svc", "--kafka-config", "oops"]).is_err());
     }
 
     #[test]

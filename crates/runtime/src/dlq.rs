@@ -10,7 +10,8 @@ pub const ORIGINAL_PARTITION: &str = "dlq.original.partition";
 /// Header: its offset.
 pub const ORIGINAL_OFFSET: &str = "dlq.original.offset";
 /// Header: the error kind (`not_json`, `not_envelope`, `unknown_type`,
-/// `unsupported_version`, `invalid_payload`, `permanent`, `retries_exhausted`).
+/// `unsupported_version`, `invalid_payload`, `permanent`, `retries_exhausted`,
+/// `output_rejected`).
 pub const ERROR_KIND: &str = "dlq.error.kind";
 /// Header: the error message.
 pub const ERROR_MESSAGE: &str = "dlq.error.message";
@@ -21,10 +22,17 @@ pub const ATTEMPTS: &str = "dlq.attempts";
 /// Header: when it was dead-lettered (RFC 3339).
 pub const FAILED_AT: &str = "dlq.failed_at";
 
+/// Header: present when the broker refused the dead letter as too large and it was cut
+/// down; says what was cut.
+pub const TRUNCATED: &str = "dlq.truncated";
+
 /// Error kind of a handler's permanent failure.
 pub const KIND_PERMANENT: &str = "permanent";
 /// Error kind of a transient failure that outlived its retries.
 pub const KIND_RETRIES_EXHAUSTED: &str = "retries_exhausted";
+/// Error kind of an input whose output the broker refused for good (too large, unknown or
+/// unauthorized topic); the error message names the output's topic and the broker's error.
+pub const KIND_OUTPUT_REJECTED: &str = "output_rejected";
 
 /// Longest error message carried in a header; a validation report can be long.
 const MAX_MESSAGE: usize = 4096;

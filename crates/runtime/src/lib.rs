@@ -45,7 +45,7 @@ pub mod topics;
 
 pub use admin::Health;
 pub use config::{LogFormat, RuntimeConfig};
-pub use processor::{Incoming, Output, ProcessError, Processor};
+pub use processor::{Batching, Incoming, Output, PartitionId, ProcessError, Processor, StartFrom};
 pub use service::{Running, RuntimeError, ServiceSpec, run, start, watch_broker};
 pub use shutdown::Shutdown;
 

@@ -26,7 +26,7 @@ pub mod names {
     pub const DEAD_LETTERS: &str = "dead_letters";
     /// Gauge, tags `topic`, `partition`: high watermark minus position.
     pub const LAG: &str = "consumer.lag";
-    /// Histogram (seconds): duration of an offset commit.
+    /// Histogram (seconds): duration of a synchronous offset commit (revocation, shutdown).
     pub const COMMIT_SECONDS: &str = "commit.seconds";
     /// Counter, tag `kind` (`assign`, `revoke`): rebalances.
     pub const REBALANCES: &str = "rebalances";

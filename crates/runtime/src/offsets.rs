@@ -4,31 +4,65 @@
 //! order), but a commit says "everything before this offset is done". Committing the highest
 //! finished offset would skip an unfinished earlier one on a crash (fede1024/rust-rdkafka #89).
 //! The tracker therefore commits only up to the first offset still in flight.
+//!
+//! It also refuses what a correct fetch stream never produces: an offset at or below one
+//! it has already seen, or below where the partition started. Such a message can only come
+//! from a stale route (a previous assignment's fetch), and accepting it could move the
+//! watermark over work that went elsewhere. Offsets that are skipped forward are legitimate
+//! on compacted topics and around transaction markers; the tracker counts them as gaps so a
+//! routing regression shows up in `/status` instead of hiding in the commit.
 
 use std::collections::BTreeSet;
+
+/// Why the tracker refused an offset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    /// The offset is at or below one already begun, or below the start position.
+    #[error("offset {offset} is behind the partition's next offset {expected}")]
+    Stale {
+        /// The refused offset.
+        offset: i64,
+        /// The next offset the partition expects.
+        expected: i64,
+    },
+}
 
 /// Offsets of one partition that were handed to processing and not yet finished.
 #[derive(Debug, Default, Clone)]
 pub struct OffsetTracker {
     in_flight: BTreeSet<i64>,
-    highest_seen: Option<i64>,
+    /// The next offset a fetch is expected to return (one past the highest begun, or the
+    /// start position).
+    next: Option<i64>,
     committed: Option<i64>,
+    gaps: u64,
 }
 
 impl OffsetTracker {
-    /// A tracker for a partition whose processing starts at `position` (when known).
+    /// A tracker for a partition whose processing starts at `position` (when known), which
+    /// counts as committed.
     pub fn starting_at(position: Option<i64>) -> OffsetTracker {
         OffsetTracker {
-            in_flight: BTreeSet::new(),
-            highest_seen: position.map(|p| p - 1),
+            next: position,
             committed: position,
+            ..OffsetTracker::default()
         }
     }
 
-    /// Records that `offset` was read and is being processed.
-    pub fn begin(&mut self, offset: i64) {
+    /// Records that `offset` was read and is being processed; refuses an offset a correct
+    /// fetch stream cannot deliver now.
+    pub fn begin(&mut self, offset: i64) -> Result<(), Refused> {
+        if let Some(expected) = self.next {
+            if offset < expected {
+                return Err(Refused::Stale { offset, expected });
+            }
+            if offset > expected {
+                self.gaps += 1;
+            }
+        }
         self.in_flight.insert(offset);
-        self.highest_seen = Some(self.highest_seen.map_or(offset, |h| h.max(offset)));
+        self.next = Some(offset + 1);
+        Ok(())
     }
 
     /// Records that `offset` is finished: every output it produced is acknowledged.
@@ -37,11 +71,11 @@ impl OffsetTracker {
     }
 
     /// The offset to commit (the next offset to read): the first unfinished offset, or one
-    /// past the highest seen when nothing is in flight. `None` before any message.
+    /// past the highest begun when nothing is in flight. `None` before any message.
     pub fn watermark(&self) -> Option<i64> {
         match self.in_flight.first() {
             Some(&first) => Some(first),
-            None => self.highest_seen.map(|h| h + 1),
+            None => self.next,
         }
     }
 
@@ -54,6 +88,26 @@ impl OffsetTracker {
     /// Records a successful commit of `offset`.
     pub fn committed(&mut self, offset: i64) {
         self.committed = Some(self.committed.map_or(offset, |c| c.max(offset)));
+    }
+
+    /// The last committed offset, as the tracker knows it.
+    pub fn last_committed(&self) -> Option<i64> {
+        self.committed
+    }
+
+    /// Sets the last committed offset without touching what is in flight.
+    pub fn set_last_committed(&mut self, committed: Option<i64>) {
+        self.committed = committed;
+    }
+
+    /// Offsets read and not finished.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    /// How many times the fetch stream skipped forward (compaction, transaction markers).
+    pub fn gaps(&self) -> u64 {
+        self.gaps
     }
 }
 
@@ -71,7 +125,7 @@ mod tests {
     fn out_of_order_completions_never_commit_past_the_first_unfinished_offset() {
         let mut t = OffsetTracker::default();
         for o in 10..15 {
-            t.begin(o);
+            t.begin(o).unwrap();
         }
         t.complete(12);
         t.complete(14);
@@ -92,11 +146,47 @@ mod tests {
             None,
             "the start position is already committed"
         );
-        t.begin(5);
+        t.begin(5).unwrap();
         t.complete(5);
         assert_eq!(t.to_commit(), Some(6));
         t.committed(6);
         assert_eq!(t.to_commit(), None);
+    }
+
+    #[test]
+    fn a_stale_offset_is_refused_and_cannot_move_the_watermark() {
+        // The routing-cache defect: offsets 5..8 went to a previous assignment's worker
+        // and the new tracker is fed a replay of an earlier offset.
+        let mut t = OffsetTracker::starting_at(Some(5));
+        t.begin(5).unwrap();
+        assert_eq!(
+            t.begin(5),
+            Err(Refused::Stale {
+                offset: 5,
+                expected: 6
+            })
+        );
+        assert_eq!(
+            t.begin(3),
+            Err(Refused::Stale {
+                offset: 3,
+                expected: 6
+            })
+        );
+        assert_eq!(t.watermark(), Some(5), "5 is still in flight");
+        let mut fresh = OffsetTracker::starting_at(Some(10));
+        assert!(fresh.begin(9).is_err(), "below the start position");
+    }
+
+    #[test]
+    fn forward_gaps_are_accepted_and_counted() {
+        let mut t = OffsetTracker::starting_at(Some(0));
+        t.begin(0).unwrap();
+        t.begin(4).unwrap(); // 1..3 compacted away
+        t.complete(0);
+        t.complete(4);
+        assert_eq!(t.to_commit(), Some(5));
+        assert_eq!(t.gaps(), 1);
     }
 
     proptest! {
@@ -107,7 +197,7 @@ mod tests {
         ) {
             let mut t = OffsetTracker::default();
             let mut pending: Vec<i64> = (0..n as i64).collect();
-            for &o in &pending { t.begin(o); }
+            for &o in &pending { t.begin(o).unwrap(); }
             for index in order {
                 if pending.is_empty() { break; }
                 let o = pending.remove(index.index(pending.len()));

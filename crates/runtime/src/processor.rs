@@ -1,9 +1,37 @@
-//! The one trait a service implements: turn one input message into outputs.
+//! The one trait a service implements: turn one input message into outputs, with optional
+//! lifecycle hooks for partitions that come and go and for state that commits in batches.
 
+use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tributary_events::{Envelope, TraceParent};
+
+/// One partition of one topic.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PartitionId {
+    /// The topic.
+    pub topic: Arc<str>,
+    /// The partition.
+    pub partition: i32,
+}
+
+impl PartitionId {
+    /// Partition `partition` of `topic`.
+    pub fn new(topic: impl Into<Arc<str>>, partition: i32) -> PartitionId {
+        PartitionId {
+            topic: topic.into(),
+            partition,
+        }
+    }
+}
+
+impl fmt::Display for PartitionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.topic, self.partition)
+    }
+}
 
 /// One input message, decoded. Tombstones (null values on compacted topics) arrive with
 /// `envelope: None`; undecodable values never reach the processor (they are dead-lettered).
@@ -83,11 +111,40 @@ pub enum ProcessError {
     Permanent(String),
 }
 
+/// Where a newly assigned partition starts reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartFrom {
+    /// The group's committed offset (or `auto.offset.reset` when there is none).
+    Committed,
+    /// This offset: a stateful processor whose local state already covers everything
+    /// before it (offsets kept in the state's own transaction) resumes here.
+    Offset(i64),
+}
+
+/// How a stateful processor wants its messages grouped for [`Processor::commit_batch`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Batching {
+    /// A batch ends after this many messages of one partition.
+    pub max_messages: usize,
+    /// ... or this long after its first message, whichever comes first.
+    pub max_wait: Duration,
+}
+
+impl Default for Batching {
+    fn default() -> Batching {
+        Batching {
+            max_messages: 1000,
+            max_wait: Duration::from_millis(100),
+        }
+    }
+}
+
 /// A service's domain logic. The runtime owns the loop, offsets, retries, dead letters,
-/// metrics and shutdown; a processor only maps a message to its outputs.
+/// metrics and shutdown; a processor maps a message to its outputs, and may use the hooks.
 ///
 /// Messages of one partition are processed one at a time, in offset order; partitions are
-/// processed concurrently.
+/// processed concurrently. Hooks never run inside the Kafka client's callbacks: they run on
+/// the async runtime, may take their time (a state restore), and a panic in one is caught.
 pub trait Processor: Send + Sync + 'static {
     /// Processes one message.
     fn process(
@@ -95,13 +152,50 @@ pub trait Processor: Send + Sync + 'static {
         message: Incoming,
     ) -> impl Future<Output = Result<Vec<Output>, ProcessError>> + Send;
 
-    /// Partitions were assigned to this instance (before any of their messages arrive).
-    fn on_assigned(&self, _partitions: &[(String, i32)]) {}
+    /// A partition was assigned to this instance. It stays paused until this returns, and
+    /// its first message is processed after it: restore local state here, and say where
+    /// to start reading. A transient error is retried with backoff (the partition shows as
+    /// stuck meanwhile); a permanent error or a panic stops the service with an error, so
+    /// that the orchestrator restarts it rather than leave the partition unserved.
+    fn on_assigned(
+        &self,
+        _partition: &PartitionId,
+    ) -> impl Future<Output = Result<StartFrom, ProcessError>> + Send {
+        async { Ok(StartFrom::Committed) }
+    }
 
-    /// Partitions were revoked (after their in-flight work finished and was committed).
-    fn on_revoked(&self, _partitions: &[(String, i32)]) {}
+    /// A partition was revoked (or the service is stopping): its in-flight work finished,
+    /// its outputs are acknowledged and its last batch committed; its offsets are committed
+    /// to the group right after this returns.
+    fn on_revoked(&self, _partition: &PartitionId) -> impl Future<Output = ()> + Send {
+        async {}
+    }
 
-    /// Called about once a second, for time-driven work such as closing windows.
+    /// Batches for a processor that keeps state: when `Some`, the messages of a partition
+    /// are grouped into batches, and [`commit_batch`](Self::commit_batch) runs once per
+    /// batch, after every output of the batch is acknowledged and before any of its
+    /// offsets counts as finished. A batching processor keeps its own position and
+    /// returns it from [`on_assigned`](Self::on_assigned): the group's committed offset
+    /// follows its commits and may lag them after a crash.
+    fn batching(&self) -> Option<Batching> {
+        None
+    }
+
+    /// Makes a batch durable: everything processed on `partition` before `next_offset` is
+    /// applied, and its outputs are acknowledged. A state store writes the batch's changes
+    /// and `next_offset` in one transaction here. A crash before this returns re-runs the
+    /// batch from the previous state. A transient error is retried with backoff; a
+    /// permanent one stops the service with an error.
+    fn commit_batch(
+        &self,
+        _partition: &PartitionId,
+        _next_offset: i64,
+    ) -> impl Future<Output = Result<(), ProcessError>> + Send {
+        async { Ok(()) }
+    }
+
+    /// Called about once a second, for time-driven work such as closing windows. Its
+    /// outputs are published in order; on shutdown the tick in progress finishes first.
     fn on_tick(&self) -> impl Future<Output = Vec<Output>> + Send {
         async { Vec::new() }
     }

@@ -5,12 +5,15 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::FutureExt;
+
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, Producer};
 
 use crate::admin::{self, Health};
 use crate::config::RuntimeConfig;
-use crate::consumer::{LoopContext, LoopSettings, Shared, poll_loop};
+use crate::consumer::context::LoopContext;
+use crate::consumer::{LoopSettings, Shared, poll_loop};
 use crate::processor::{Output, Processor};
 use crate::topics::{self, TopicSpec};
 use crate::{Shutdown, metrics};
@@ -30,6 +33,26 @@ pub enum RuntimeError {
     /// A task failed.
     #[error("{0}")]
     Task(String),
+    /// The service stopped because it could not go on safely (a fatal producer error, a
+    /// permanent failure of a processor hook); the orchestrator should restart it.
+    #[error("stopped on a fatal error: {0}")]
+    Fatal(String),
+    /// The stop did not finish cleanly: work was left unfinished at the deadline, the
+    /// consumer did not close, or the producer did not flush. Nothing finished was lost
+    /// (unfinished offsets stay uncommitted), but some work will be done again.
+    #[error("unclean stop: {}", .0.join("; "))]
+    Unclean(Vec<String>),
+}
+
+impl RuntimeError {
+    /// The process exit status for this error: 1 for a fatal error or a failed start, 2
+    /// for an unclean stop. A clean stop exits 0.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            RuntimeError::Unclean(_) => 2,
+            _ => 1,
+        }
+    }
 }
 
 /// What a consumer service is: its name (the default group id and client id), the topics
@@ -189,7 +212,7 @@ async fn run_loop<P: Processor>(
         .producer_config(name)
         .map_err(config_error)?
         .create()?;
-    let shared = Shared::new(
+    let (shared, control) = Shared::new(
         settings.clone(),
         processor.clone(),
         producer.clone(),
@@ -221,26 +244,55 @@ async fn run_loop<P: Processor>(
     std::thread::Builder::new()
         .name(format!("{name}-poll"))
         .spawn(move || {
-            poll_loop(consumer, poll_shared);
+            poll_loop(consumer, poll_shared, control);
             let _ = done_tx.send(());
         })?;
 
     shutdown.wait().await;
+    let mut unclean = Vec::new();
     // The poll thread drains and commits within the shutdown deadline; closing the
     // consumer can hang when the broker is gone (rust-rdkafka #509), so bound the wait.
-    let grace = settings.shutdown_timeout + Duration::from_secs(5);
-    if tokio::time::timeout(grace, done_rx).await.is_err() {
-        tracing::warn!("Consumer did not close in time");
+    // Draining and on_revoked share one deadline; a commit and the close follow.
+    let grace = settings.shutdown_timeout + Duration::from_secs(10);
+    match tokio::time::timeout(grace, done_rx).await {
+        Ok(Ok(())) => {}
+        Ok(Err(_)) => unclean.push("the poll thread ended without closing the consumer".into()),
+        Err(_) => unclean.push(format!("the consumer did not close within {grace:?}")),
     }
-    ticker.abort();
+    // A tick in progress finishes publishing; past the deadline its re-sends stop.
+    let mut ticker = ticker;
+    if tokio::time::timeout(settings.shutdown_timeout, &mut ticker)
+        .await
+        .is_err()
+    {
+        shared.tick_abandon.cancel();
+        if tokio::time::timeout(Duration::from_secs(1), &mut ticker)
+            .await
+            .is_err()
+        {
+            ticker.abort();
+        }
+        unclean.push(format!(
+            "on_tick outputs were not all acknowledged within {:?}",
+            settings.shutdown_timeout
+        ));
+    }
     watchdog.abort();
     let flush = tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(5)));
     match flush.await {
         Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::warn!(error = %e, "Producer flush incomplete"),
-        Err(e) => tracing::warn!(error = %e, "Producer flush task failed"),
+        Ok(Err(e)) => unclean.push(format!("producer flush incomplete: {e}")),
+        Err(e) => unclean.push(format!("producer flush task failed: {e}")),
     }
-    Ok(())
+    if let Some(reason) = shared.fatal() {
+        return Err(RuntimeError::Fatal(reason));
+    }
+    unclean.splice(0..0, shared.unclean_reasons());
+    if unclean.is_empty() {
+        Ok(())
+    } else {
+        Err(RuntimeError::Unclean(unclean))
+    }
 }
 
 /// Marks the broker reachable or not, every two seconds, until `shutdown`.
@@ -261,7 +313,9 @@ where
     }
 }
 
-/// Calls the processor's `on_tick` every second and publishes what it returns.
+/// Calls the processor's `on_tick` every second and publishes what it returns, in order.
+/// A panicking tick is logged and counted, and ticking goes on; on shutdown the tick in
+/// progress finishes publishing before this returns.
 async fn tick<P: Processor>(processor: Arc<P>, shared: Arc<Shared<P>>, shutdown: Shutdown) {
     let mut interval = tokio::time::interval(Duration::from_secs(1));
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -270,9 +324,22 @@ async fn tick<P: Processor>(processor: Arc<P>, shared: Arc<Shared<P>>, shutdown:
             _ = interval.tick() => {}
             _ = shutdown.wait() => break,
         }
-        let outputs: Vec<Output> = processor.on_tick().await;
-        if !outputs.is_empty() {
-            shared.publish(outputs).await;
+        let outputs = std::panic::AssertUnwindSafe(processor.on_tick())
+            .catch_unwind()
+            .await;
+        let outputs: Vec<Output> = match outputs {
+            Ok(outputs) => outputs,
+            Err(panic) => {
+                ::metrics::counter!(metrics::names::ERRORS, "kind" => "tick_panic").increment(1);
+                tracing::error!(
+                    panic = crate::consumer::worker::panic_text(&*panic),
+                    "on_tick panicked; ticking goes on"
+                );
+                continue;
+            }
+        };
+        if !outputs.is_empty() && shared.publish(outputs).await.is_err() {
+            return;
         }
     }
 }

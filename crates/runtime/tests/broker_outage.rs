@@ -24,13 +24,14 @@ async fn a_broker_outage_pauses_work_and_loses_nothing() {
     let recorder = Recorder::new(Behaviour {
         forward_to: Some(output.clone()),
         delay: Duration::from_millis(5),
+        ..Behaviour::default()
     });
     let mut config = config(&broker, &group);
     // Tansu 0.6 with SQLite storage panics in its idempotence check when a producer id from
     // before a restart produces again, and the broker then answers nothing. Real Kafka does
     // not; so that this test exercises our outage handling rather than that bug, the
     // service's producer runs without idempotence here (acks=all and retries still apply).
-    config.kafka_config = vec!["enable.idempotence=false".into()];
+    config.unchecked_overrides = vec![("enable.idempotence".into(), "false".into())];
     let (running, shutdown) = start(config, &[&input], recorder.clone()).await;
     eventually("processing under way", Duration::from_secs(30), || {
         recorder.count() >= 100

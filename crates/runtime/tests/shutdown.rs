@@ -23,6 +23,7 @@ async fn shutdown_mid_stream_commits_everything_processed_within_the_deadline() 
     let recorder = Recorder::new(Behaviour {
         forward_to: Some(out.clone()),
         delay: Duration::from_millis(2),
+        ..Behaviour::default()
     });
     let config = config(broker, &group);
     let deadline = config.shutdown_timeout();

@@ -16,7 +16,7 @@ async fn a_stopped_broker_means_503_and_not_ready_until_it_returns() {
     cfg.publish_timeout_ms = 1_500;
     // Tansu 0.6 (SQLite) panics when an idempotent producer id from before a restart
     // produces again; real Kafka does not. Test our handling, not that bug.
-    cfg.runtime.kafka_config = vec!["enable.idempotence=false".into()];
+    cfg.runtime.unchecked_overrides = vec![("enable.idempotence".into(), "false".into())];
     let api = start(&broker, cfg).await;
     let post = || {
         api.http

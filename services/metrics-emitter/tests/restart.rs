@@ -1,7 +1,6 @@
 //! The real binary stopped mid-stream: SIGTERM exits 0 within the deadline and commits
 //! exactly what it counted, so totals after a restart are exact; after SIGKILL they may
-//! exceed the truth (records re-read) but never fall short (that test is ignored by
-//! default: the dev broker sometimes never hands the killed member's partitions over).
+//! exceed the truth (records re-read) but never fall short (ignored: see its attribute).
 
 mod common;
 
@@ -44,7 +43,10 @@ fn spawn(broker: &TestBroker, agent: &Agent, group: &str) -> Emitter {
         // The rebalance timeout follows max.poll.interval.ms (5 min by default); Tansu can wait
         // that long for a SIGKILLed member to rejoin before the replacement gets partitions.
         // The runtime's poll thread never waits on processing, so 15 s is plenty.
-        .env("KAFKA_CONFIG", "max.poll.interval.ms=15000")
+        .env(
+            "KAFKA_CONFIG",
+            "max.poll.interval.ms=15000,fetch.wait.max.ms=10",
+        )
         .env(
             "LAG_INTERVAL_MS",
             // The lag monitor is not under test here, and on Tansu with SQLite each of its
@@ -223,8 +225,9 @@ async fn sigterm_then_restart_counts_exactly() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "Tansu 0.6 (SQLite): after a SIGKILLed member the replacement sometimes never \
-            consumes (seen in about half of the full-suite runs); run with --ignored"]
+#[ignore = "still fails after the runtime's routing fix (counted 1186 of 4000 on 2026-11-23): \
+            the replacement stops consuming after the killed member's session expires; not \
+            yet root-caused (issue 9); run with --ignored"]
 async fn sigkill_then_restart_never_undercounts() {
     let broker: &'static TestBroker = Box::leak(Box::new(TestBroker::start_durable().unwrap()));
     for topic in topics::ALL {

@@ -10,7 +10,8 @@ use tributary_events::{Envelope, Event, Stock};
 use tributary_runtime::rdkafka::consumer::{BaseConsumer, Consumer};
 use tributary_runtime::rdkafka::{Offset, TopicPartitionList};
 use tributary_runtime::{
-    Incoming, Output, ProcessError, Processor, Running, RuntimeConfig, ServiceSpec, Shutdown,
+    Incoming, Output, PartitionId, ProcessError, Processor, Running, RuntimeConfig, ServiceSpec,
+    Shutdown, StartFrom,
 };
 use tributary_testkit::{TestBroker, unique_name};
 
@@ -21,6 +22,10 @@ pub struct Behaviour {
     pub forward_to: Option<String>,
     /// Sleep this long per message.
     pub delay: Duration,
+    /// Sleep this long in `on_assigned`.
+    pub assign_delay: Duration,
+    /// `on_assigned` answers this start offset.
+    pub start_from: Option<i64>,
 }
 
 /// Records every processed (partition, offset), and fails on chosen keys:
@@ -29,6 +34,14 @@ pub struct Behaviour {
 pub struct Recorder {
     pub processed: Arc<Mutex<Vec<(i32, i64)>>>,
     pub attempts: Arc<Mutex<HashMap<(i32, i64), u32>>>,
+    /// Partitions whose `on_assigned` returned, in order, with when it returned.
+    pub assigned: Arc<Mutex<Vec<(i32, Instant)>>>,
+    /// Partitions given to `on_revoked`, in order.
+    pub revoked: Arc<Mutex<Vec<i32>>>,
+    /// Both hooks in the order they ran: (assigned?, partition).
+    pub hooks: Arc<Mutex<Vec<(bool, i32)>>>,
+    /// When each (partition, offset) was first processed.
+    pub first_seen: Arc<Mutex<HashMap<(i32, i64), Instant>>>,
     pub behaviour: Behaviour,
 }
 
@@ -47,6 +60,19 @@ impl Recorder {
     pub fn count(&self) -> usize {
         self.processed.lock().unwrap().len()
     }
+
+    /// Partitions assigned and not revoked since, by the hooks.
+    pub fn owned(&self) -> BTreeSet<i32> {
+        let mut owned = BTreeSet::new();
+        for (assigned, p) in self.hooks.lock().unwrap().iter() {
+            if *assigned {
+                owned.insert(*p);
+            } else {
+                owned.remove(p);
+            }
+        }
+        owned
+    }
 }
 
 impl Processor for Recorder {
@@ -58,6 +84,11 @@ impl Processor for Recorder {
             *a += 1;
             *a
         };
+        self.first_seen
+            .lock()
+            .unwrap()
+            .entry(id)
+            .or_insert_with(Instant::now);
         if !self.behaviour.delay.is_zero() {
             tokio::time::sleep(self.behaviour.delay).await;
         }
@@ -78,6 +109,29 @@ impl Processor for Recorder {
         };
         Ok(outputs)
     }
+
+    async fn on_assigned(&self, partition: &PartitionId) -> Result<StartFrom, ProcessError> {
+        if !self.behaviour.assign_delay.is_zero() {
+            tokio::time::sleep(self.behaviour.assign_delay).await;
+        }
+        self.assigned
+            .lock()
+            .unwrap()
+            .push((partition.partition, Instant::now()));
+        self.hooks.lock().unwrap().push((true, partition.partition));
+        Ok(self
+            .behaviour
+            .start_from
+            .map_or(StartFrom::Committed, StartFrom::Offset))
+    }
+
+    async fn on_revoked(&self, partition: &PartitionId) {
+        self.revoked.lock().unwrap().push(partition.partition);
+        self.hooks
+            .lock()
+            .unwrap()
+            .push((false, partition.partition));
+    }
 }
 
 /// Test-sized settings: fast commits and retries, the test session timeout.
@@ -93,20 +147,39 @@ pub fn config(broker: &TestBroker, group: &str) -> RuntimeConfig {
     config.max_backoff_ms = 50;
     config.max_attempts = 3;
     config.shutdown_timeout_ms = 10_000;
+    // The dev broker holds every fetch for the full fetch.wait.max.ms (ARCHITECTURE.md
+    // section 9); the default 500 ms would make every test wait on it.
+    config.kafka_config = vec![DEV_BROKER_CLIENT.into()];
     config
 }
+
+/// Client settings for the dev broker: fetches are not held for long.
+pub const DEV_BROKER_CLIENT: &str = "fetch.wait.max.ms=10";
 
 pub async fn start<P: Processor>(
     config: RuntimeConfig,
     topics: &[&str],
     processor: P,
 ) -> (Running, Shutdown) {
+    init_logs();
     let shutdown = Shutdown::new();
     let spec = ServiceSpec::new("runtime-test", topics, 0);
     let running = tributary_runtime::start(spec, config, processor, shutdown.clone())
         .await
         .expect("service starts");
     (running, shutdown)
+}
+
+/// Logs at `RUST_LOG` (default `warn`) into the test's captured output, so a failing test
+/// shows what the runtime said.
+pub fn init_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .compact()
+        .try_init();
 }
 
 pub fn stock(product: &str, quantity: u64) -> Envelope {

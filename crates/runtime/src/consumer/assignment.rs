@@ -1,0 +1,533 @@
+//! The assignment: which partitions this instance owns and how each one's fetching stands.
+//! Only the poll thread changes it (rebalance callbacks run there too), so pausing,
+//! resuming, seeking and committing each have one owner.
+//!
+//! A partition's life: **assigned** (paused at once; the processor's async `on_assigned`
+//! runs on the runtime) → **running** (resumed, after a seek when the processor keeps its
+//! own position) ⇄ **throttled** (paused at its in-flight budget, resumed at half) →
+//! **revoked** (removed from the table first, so no message can reach it again; its worker
+//! stops after the message in hand; its outputs are awaited; `on_revoked` runs; its
+//! watermark is committed; all before the rebalance callback returns).
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use futures_util::FutureExt;
+use metrics::{counter, gauge, histogram};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::mpsc;
+
+use super::partition::Partition;
+use super::{Control, Shared, delivery, worker};
+use crate::admin::PartitionStatus;
+use crate::metrics::names;
+use crate::processor::{PartitionId, ProcessError, Processor, StartFrom};
+
+/// How fetching of an assigned partition stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Fetch {
+    /// Paused until the processor's assignment hook returns.
+    Assigning,
+    /// Fetching.
+    Running,
+    /// Paused: its in-flight budget is full.
+    Throttled,
+}
+
+/// One owned partition, as the poll thread sees it.
+pub(crate) struct Slot {
+    pub(crate) part: Arc<Partition>,
+    pub(crate) fetch: Fetch,
+}
+
+fn one(id: &PartitionId) -> TopicPartitionList {
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(&id.topic, id.partition);
+    tpl
+}
+
+impl<P: Processor> Shared<P> {
+    /// Hands a message to its partition's worker, recording it as in flight first so the
+    /// watermark can never pass it; pauses the partition the moment its budget is full.
+    /// `cache` remembers the last partition routed to, checked against the assignment's
+    /// generation so that it can never outlive a rebalance.
+    pub(crate) fn route<C: ConsumerContext>(
+        &self,
+        consumer: &BaseConsumer<C>,
+        message: OwnedMessage,
+        cache: &mut Option<(u64, Arc<Partition>)>,
+    ) {
+        let generation = self.generation.load(Ordering::Acquire);
+        let hit = cache.as_ref().is_some_and(|(g, part)| {
+            *g == generation
+                && part.id.partition == message.partition()
+                && *part.id.topic == *message.topic()
+        });
+        if !hit {
+            *cache = self
+                .table()
+                .iter()
+                .find(|s| {
+                    s.part.id.partition == message.partition()
+                        && *s.part.id.topic == *message.topic()
+                })
+                .map(|s| (generation, s.part.clone()));
+        }
+        let Some((_, part)) = cache.as_ref() else {
+            // Not ours (any more): whoever owns it reads it from its committed offset.
+            counter!(names::ERRORS, "kind" => "unowned").increment(1);
+            return;
+        };
+        let offset = message.offset();
+        match part.route(message) {
+            Ok(in_flight) => {
+                part.messages_in.increment(1);
+                if in_flight >= self.settings.max_in_flight.max(1) {
+                    self.throttle(consumer, &part.id);
+                }
+            }
+            Err(refused) => {
+                counter!(names::ERRORS, "kind" => "stale_offset").increment(1);
+                tracing::warn!(partition = %part.id, offset, error = %refused, "Refused a message the partition cannot expect");
+            }
+        }
+    }
+
+    fn throttle<C: ConsumerContext>(&self, consumer: &BaseConsumer<C>, id: &PartitionId) {
+        let mut table = self.table();
+        if let Some(slot) = table.iter_mut().find(|s| s.part.id == *id) {
+            // Pausing also drops what librdkafka prefetched for it, so the budget holds.
+            if slot.fetch == Fetch::Running && consumer.pause(&one(id)).is_ok() {
+                slot.fetch = Fetch::Throttled;
+            }
+        }
+    }
+
+    /// Resumes throttled partitions once half their budget drained (hysteresis: pausing
+    /// discards prefetched messages, so it must not flap).
+    pub(crate) fn apply_backpressure<C: ConsumerContext>(&self, consumer: &BaseConsumer<C>) {
+        let max = self.settings.max_in_flight.max(1);
+        let mut total = 0;
+        for slot in self.table().iter_mut() {
+            let in_flight = slot.part.in_flight();
+            total += in_flight;
+            if slot.fetch == Fetch::Throttled
+                && in_flight <= max / 2
+                && !self.shutdown.is_triggered()
+                && consumer.resume(&one(&slot.part.id)).is_ok()
+            {
+                // Resuming refetches from the position after the last message received.
+                slot.fetch = Fetch::Running;
+            }
+        }
+        gauge!(names::IN_FLIGHT).set(total as f64);
+    }
+
+    /// New partitions (called after librdkafka assigned them): pause each, start its
+    /// tasks, and run the processor's assignment hook on the runtime.
+    pub(crate) fn assign<C: ConsumerContext>(
+        self: &Arc<Self>,
+        consumer: &BaseConsumer<C>,
+        tpl: &TopicPartitionList,
+    ) {
+        if tpl.count() == 0 {
+            return;
+        }
+        // Nothing may be processed before the hook returns; partitions already owned
+        // (never expected, but librdkafka may repeat itself) are left as they are.
+        let mut new = TopicPartitionList::new();
+        for elem in tpl.elements() {
+            let owned = self.table().iter().any(|s| {
+                s.part.id.partition == elem.partition() && *s.part.id.topic == *elem.topic()
+            });
+            if !owned {
+                new.add_partition(elem.topic(), elem.partition());
+            }
+        }
+        if new.count() == 0 {
+            return;
+        }
+        let tpl = &new;
+        if let Err(e) = consumer.pause(tpl) {
+            tracing::error!(error = %e, "Cannot pause newly assigned partitions");
+        }
+        // The committed offsets seed each partition's position: status and lag are right
+        // before the first message, and the tracker knows where the stream starts.
+        let committed = consumer
+            .committed_offsets(tpl.clone(), Duration::from_secs(5))
+            .ok();
+        let mut assigned = Vec::new();
+        for elem in tpl.elements() {
+            let id = PartitionId::new(elem.topic(), elem.partition());
+            if self.table().iter().any(|s| s.part.id == id) {
+                continue;
+            }
+            let start = committed
+                .as_ref()
+                .and_then(|c| c.find_partition(elem.topic(), elem.partition()))
+                .and_then(|e| match e.offset() {
+                    Offset::Offset(o) => Some(o),
+                    _ => None,
+                });
+            let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
+            let (tx, rx) = mpsc::unbounded_channel();
+            let (out_tx, out_rx) = mpsc::unbounded_channel();
+            let part = Arc::new(Partition::new(
+                id.clone(),
+                generation,
+                start,
+                tx,
+                counter!(names::MESSAGES_IN, "topic" => id.topic.to_string()),
+            ));
+            part.add_task(self.runtime.spawn(worker::supervised(
+                self.clone(),
+                "worker",
+                part.clone(),
+                worker::run(self.clone(), part.clone(), rx, out_tx),
+            )));
+            part.add_task(self.runtime.spawn(worker::supervised(
+                self.clone(),
+                "sender",
+                part.clone(),
+                delivery::run(self.clone(), part.clone(), out_rx),
+            )));
+            part.add_task(
+                self.runtime
+                    .spawn(assigned_hook(self.clone(), part.clone())),
+            );
+            self.table().push(super::assignment::Slot {
+                part,
+                fetch: Fetch::Assigning,
+            });
+            assigned.push(id.to_string());
+        }
+        counter!(names::REBALANCES, "kind" => "assign").increment(1);
+        tracing::info!(partitions = ?assigned, "Partitions assigned");
+        self.publish_status();
+    }
+
+    /// The processor's hook for a partition returned: seek if it keeps its own position,
+    /// then let messages flow.
+    pub(crate) fn ready<C: ConsumerContext>(&self, consumer: &BaseConsumer<C>, control: Control) {
+        let Control::Ready { generation, start } = control;
+        let part = {
+            let table = self.table();
+            let Some(slot) = table.iter().find(|s| s.part.generation == generation) else {
+                return; // revoked meanwhile
+            };
+            slot.part.clone()
+        };
+        if let StartFrom::Offset(offset) = start {
+            // librdkafka refuses a seek until the partition's fetcher has started; that
+            // takes a moment after the assignment.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                match consumer.seek(
+                    &part.id.topic,
+                    part.id.partition,
+                    Offset::Offset(offset),
+                    Duration::from_secs(5),
+                ) {
+                    Ok(()) => break,
+                    Err(KafkaError::Seek(_))
+                    | Err(KafkaError::MessageConsumption(RDKafkaErrorCode::State))
+                        if Instant::now() < deadline =>
+                    {
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                    Err(e) => {
+                        self.fail(format!("cannot seek {} to {offset}: {e}", part.id));
+                        return;
+                    }
+                }
+            }
+            part.restart_at(offset);
+            tracing::info!(partition = %part.id, offset, "Resuming from the processor's own position");
+        }
+        let mut table = self.table();
+        if let Some(slot) = table.iter_mut().find(|s| s.part.generation == generation) {
+            if consumer.resume(&one(&part.id)).is_ok() {
+                slot.fetch = Fetch::Running;
+            }
+        }
+        drop(table);
+        self.publish_status();
+    }
+
+    /// Revoked partitions (called before librdkafka unassigns them): stop them, let their
+    /// work finish and their outputs land, run `on_revoked`, commit, all within the
+    /// shutdown deadline. Blocking here is safe: the workers never need this thread.
+    pub(crate) fn revoke<C: ConsumerContext>(
+        &self,
+        consumer: &BaseConsumer<C>,
+        tpl: &TopicPartitionList,
+    ) {
+        let revoked: Vec<Arc<Partition>> = {
+            let mut table = self.table();
+            let mut revoked = Vec::new();
+            table.retain(|slot| {
+                let gone = tpl.elements().iter().any(|e| {
+                    e.partition() == slot.part.id.partition && e.topic() == &*slot.part.id.topic
+                });
+                if gone {
+                    revoked.push(slot.part.clone());
+                }
+                !gone
+            });
+            revoked
+        };
+        // Any cached route is void from here on.
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        if revoked.is_empty() {
+            return;
+        }
+        let lost = consumer.assignment_lost();
+        if lost {
+            // Someone else owns them already: write nothing more for them, not even the
+            // re-sends of a failed delivery or a batch commit.
+            for part in &revoked {
+                part.abandon.cancel();
+            }
+        }
+        self.stop_partitions(&revoked, "revocation");
+        if lost {
+            // The group already gave these partitions to someone else: a commit would be
+            // refused, and the watermarks stay where the last commit left them.
+            tracing::warn!("Assignment lost (session or poll interval expired); not committing");
+        } else {
+            self.commit(consumer, Some(&revoked), CommitMode::Sync);
+        }
+        let list: Vec<String> = revoked.iter().map(|p| p.id.to_string()).collect();
+        counter!(names::REBALANCES, "kind" => "revoke").increment(1);
+        tracing::info!(partitions = ?list, "Partitions revoked");
+        self.publish_status();
+    }
+
+    /// Stops `parts` and waits, within the shutdown deadline, for their workers to stop,
+    /// their outputs to be acknowledged and their `on_revoked` hooks to return.
+    pub(crate) fn stop_partitions(&self, parts: &[Arc<Partition>], why: &str) {
+        for part in parts {
+            part.stop.cancel();
+        }
+        // One deadline for draining and for the hooks.
+        let deadline = tokio::time::Instant::now() + self.settings.shutdown_timeout;
+        let tasks: Vec<_> = parts.iter().flat_map(|p| p.take_tasks()).collect();
+        let aborts: Vec<_> = tasks.iter().map(|t| t.abort_handle()).collect();
+        let drained = self.runtime.block_on(async {
+            tokio::time::timeout_at(deadline, futures_util::future::join_all(tasks))
+                .await
+                .is_ok()
+        });
+        if !drained {
+            // Nothing of these partitions may be written or processed after they are
+            // handed over: stop their tasks, and drop whatever of theirs still waits in
+            // the producer (other partitions' senders see that as a retriable failure
+            // and send theirs again, in order: duplicates, never loss).
+            for part in parts {
+                part.abandon.cancel();
+            }
+            for abort in &aborts {
+                abort.abort();
+            }
+            rdkafka::producer::Producer::purge(
+                &self.producer,
+                rdkafka::producer::PurgeConfig::default().queue().inflight(),
+            );
+            self.unclean(format!(
+                "{why} of {} partition(s) did not finish within {:?}; their unfinished offsets stay uncommitted",
+                parts.len(),
+                self.settings.shutdown_timeout
+            ));
+        }
+        let hooks = parts
+            .iter()
+            .filter(|p| p.is_ready())
+            .map(|p| {
+                let processor = self.processor.clone();
+                let id = p.id.clone();
+                async move {
+                    if let Err(panic) = std::panic::AssertUnwindSafe(processor.on_revoked(&id))
+                        .catch_unwind()
+                        .await
+                    {
+                        tracing::error!(partition = %id, panic = worker::panic_text(&*panic), "on_revoked panicked");
+                    }
+                }
+            })
+            .collect::<Vec<_>>();
+        // on_revoked always gets a moment, even when draining used up the deadline.
+        let hooks_deadline = deadline.max(tokio::time::Instant::now() + Duration::from_secs(1));
+        let hooks_done = self.runtime.block_on(async {
+            tokio::time::timeout_at(hooks_deadline, futures_util::future::join_all(hooks))
+                .await
+                .is_ok()
+        });
+        if !hooks_done {
+            self.unclean("on_revoked did not return in time".to_owned());
+        }
+    }
+
+    /// Commits the watermark of `only` (or of every partition). Synchronously when a
+    /// partition is handed over (the next owner must start after it); asynchronously on
+    /// the interval, so a broker that does not answer never stalls the poll thread (the
+    /// commit callback records what the broker confirmed).
+    pub(crate) fn commit<C: ConsumerContext>(
+        &self,
+        consumer: &BaseConsumer<C>,
+        only: Option<&[Arc<Partition>]>,
+        mode: CommitMode,
+    ) {
+        let parts = only.map_or_else(
+            || self.table().iter().map(|s| s.part.clone()).collect(),
+            <[_]>::to_vec,
+        );
+        let mut tpl = TopicPartitionList::new();
+        let mut offsets = Vec::new();
+        for part in &parts {
+            if let Some(offset) = part.tracker().to_commit() {
+                if tpl
+                    .add_partition_offset(&part.id.topic, part.id.partition, Offset::Offset(offset))
+                    .is_ok()
+                {
+                    offsets.push((part.clone(), offset));
+                }
+            }
+        }
+        if offsets.is_empty() {
+            return;
+        }
+        let started = Instant::now();
+        match consumer.commit(&tpl, mode) {
+            Ok(()) if matches!(mode, CommitMode::Async) => {
+                // Counted as committed once sent: librdkafka reports an asynchronous
+                // commit's result to no callback of ours without a reply queue. A lost
+                // one means re-reading a little after a restart, never skipping.
+                for (part, offset) in offsets {
+                    part.tracker().committed(offset);
+                }
+            }
+            Ok(()) => {
+                histogram!(names::COMMIT_SECONDS).record(started.elapsed().as_secs_f64());
+                for (part, offset) in offsets {
+                    part.tracker().committed(offset);
+                }
+            }
+            Err(e) => {
+                counter!(names::ERRORS, "kind" => "commit").increment(1);
+                tracing::warn!(error = %e, "Commit failed; retrying at the next interval");
+            }
+        }
+    }
+
+    /// The broker confirmed an asynchronous commit.
+    pub(crate) fn committed(&self, offsets: &TopicPartitionList) {
+        let table = self.table();
+        for elem in offsets.elements() {
+            if let (Offset::Offset(offset), Some(slot)) = (
+                elem.offset(),
+                table.iter().find(|s| {
+                    s.part.id.partition == elem.partition() && *s.part.id.topic == *elem.topic()
+                }),
+            ) {
+                slot.part.tracker().committed(offset);
+            }
+        }
+    }
+
+    /// Publishes every partition's status to `/status`, `/readyz` and the lag gauges.
+    pub(crate) fn publish_status(&self) {
+        let mut statuses: Vec<PartitionStatus> = self
+            .table()
+            .iter()
+            .map(|slot| {
+                let part = &slot.part;
+                let (position, in_flight, gaps) = {
+                    let tracker = part.tracker();
+                    (tracker.watermark(), tracker.in_flight(), tracker.gaps())
+                };
+                let hw = part.high_watermark.load(Ordering::Relaxed);
+                let high_watermark = (hw >= 0).then_some(hw);
+                let problem = part.problem();
+                let state = match (&problem, slot.fetch) {
+                    (Some(_), _) => "stuck",
+                    (None, Fetch::Assigning) => "assigning",
+                    (None, Fetch::Running) => "running",
+                    (None, Fetch::Throttled) => "throttled",
+                };
+                PartitionStatus {
+                    topic: part.id.topic.to_string(),
+                    partition: part.id.partition,
+                    position,
+                    high_watermark,
+                    lag: high_watermark.map(|hw| (hw - position.unwrap_or(0)).max(0)),
+                    in_flight,
+                    state: state.to_owned(),
+                    problem,
+                    offset_gaps: gaps,
+                }
+            })
+            .collect();
+        statuses.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+        for s in &statuses {
+            if let Some(lag) = s.lag {
+                gauge!(names::LAG, "topic" => s.topic.clone(), "partition" => s.partition.to_string())
+                    .set(lag as f64);
+            }
+        }
+        self.health.set_partitions(statuses);
+    }
+}
+
+/// Runs the processor's `on_assigned` for `part` on the runtime, retrying transient
+/// failures (the partition shows as stuck meanwhile), and tells the poll thread.
+async fn assigned_hook<P: Processor>(shared: Arc<Shared<P>>, part: Arc<Partition>) {
+    let mut attempt = 0;
+    let start = loop {
+        attempt += 1;
+        let result = std::panic::AssertUnwindSafe(shared.processor.on_assigned(&part.id))
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|panic| {
+                Err(ProcessError::Permanent(format!(
+                    "on_assigned panicked: {}",
+                    worker::panic_text(&*panic)
+                )))
+            });
+        match result {
+            Ok(start) => break start,
+            Err(ProcessError::Transient(reason)) => {
+                counter!(names::ERRORS, "kind" => "on_assigned").increment(1);
+                tracing::warn!(partition = %part.id, error = %reason, attempt, "Assignment hook failed; retrying");
+                part.set_problem(Some(format!(
+                    "assignment hook failing (attempt {attempt}): {reason}"
+                )));
+                let delay = worker::backoff(
+                    shared.settings.backoff,
+                    shared.settings.max_backoff.max(shared.settings.backoff),
+                    attempt,
+                );
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = part.stop.cancelled() => return,
+                }
+            }
+            Err(ProcessError::Permanent(reason)) => {
+                part.set_problem(Some(format!("assignment hook failed: {reason}")));
+                shared.fail(format!("assignment of {} failed: {reason}", part.id));
+                return;
+            }
+        }
+    };
+    part.set_problem(None);
+    // From here on the processor holds the partition: `on_revoked` must run for it, even
+    // if the revocation comes before the poll thread resumed it.
+    part.ready.store(true, Ordering::Release);
+    let _ = shared.control.send(Control::Ready {
+        generation: part.generation,
+        start,
+    });
+}

@@ -1,0 +1,221 @@
+//! The consumer loop: poll, route, process, deliver, commit — with the guarantees of the
+//! crate documentation.
+//!
+//! Threads and tasks, each owning one thing:
+//! - the **poll thread** ([`poll_loop`]) owns the `BaseConsumer` and the assignment
+//!   ([`assignment`]): it polls, routes each message to its partition, pauses, resumes,
+//!   seeks and commits; rebalance callbacks ([`context`]) run on it. It is never blocked
+//!   by processing, so the consumer cannot silently leave its group;
+//! - per assigned partition, a **worker** ([`worker`]) decodes and processes messages in
+//!   offset order, and a **sender** ([`delivery`]) delivers their outputs in the same
+//!   order and finishes each offset once everything it produced is acknowledged;
+//! - the processor's **hooks** run as tasks on the runtime, never inside librdkafka's
+//!   callbacks, and a panic in one is caught.
+
+pub(crate) mod assignment;
+pub(crate) mod context;
+pub(crate) mod delivery;
+pub(crate) mod partition;
+pub(crate) mod record;
+pub(crate) mod worker;
+
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, MutexGuard, mpsc as std_mpsc};
+use std::time::{Duration, Instant};
+
+use metrics::counter;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use tokio_util::sync::CancellationToken;
+
+use crate::admin::Health;
+use crate::metrics::names;
+use crate::processor::{Batching, Output, Processor, StartFrom};
+use assignment::Slot;
+use context::LoopContext;
+
+/// Loop settings derived from the runtime config.
+#[derive(Debug, Clone)]
+pub(crate) struct LoopSettings {
+    pub(crate) service: String,
+    pub(crate) dlq_topic: String,
+    pub(crate) max_in_flight: usize,
+    pub(crate) max_attempts: u32,
+    pub(crate) backoff: Duration,
+    pub(crate) max_backoff: Duration,
+    pub(crate) commit_interval: Duration,
+    pub(crate) shutdown_timeout: Duration,
+}
+
+/// What tasks tell the poll thread.
+#[derive(Debug)]
+pub(crate) enum Control {
+    /// The assignment hook of the partition with this generation returned.
+    Ready { generation: u64, start: StartFrom },
+}
+
+/// State shared by the poll thread, the partitions' tasks and the rebalance callbacks.
+pub(crate) struct Shared<P> {
+    pub(crate) settings: LoopSettings,
+    pub(crate) processor: Arc<P>,
+    pub(crate) batching: Option<Batching>,
+    pub(crate) producer: rdkafka::producer::FutureProducer,
+    pub(crate) health: Health,
+    pub(crate) runtime: tokio::runtime::Handle,
+    pub(crate) shutdown: crate::Shutdown,
+    /// Cancelled when tick outputs must stop being re-sent (the shutdown deadline passed).
+    pub(crate) tick_abandon: CancellationToken,
+    table: Mutex<Vec<Slot>>,
+    /// Bumped on every assignment change; a cached route is valid for one generation.
+    pub(crate) generation: AtomicU64,
+    pub(crate) control: std_mpsc::Sender<Control>,
+    /// Why the service must stop with an error (the first reason wins).
+    fatal: Mutex<Option<String>>,
+    /// What did not finish in time during revocations and the stop.
+    unclean: Mutex<Vec<String>>,
+}
+
+impl<P: Processor> Shared<P> {
+    pub(crate) fn new(
+        settings: LoopSettings,
+        processor: Arc<P>,
+        producer: rdkafka::producer::FutureProducer,
+        health: Health,
+        shutdown: crate::Shutdown,
+    ) -> (Arc<Shared<P>>, std_mpsc::Receiver<Control>) {
+        let (control, control_rx) = std_mpsc::channel();
+        let batching = processor.batching();
+        let shared = Arc::new(Shared {
+            settings,
+            processor,
+            batching,
+            producer,
+            health,
+            runtime: tokio::runtime::Handle::current(),
+            shutdown,
+            tick_abandon: CancellationToken::new(),
+            table: Mutex::new(Vec::new()),
+            generation: AtomicU64::new(0),
+            control,
+            fatal: Mutex::new(None),
+            unclean: Mutex::new(Vec::new()),
+        });
+        (shared, control_rx)
+    }
+
+    pub(crate) fn table(&self) -> MutexGuard<'_, Vec<Slot>> {
+        self.table.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Stops the service with an error: the instance cannot go on safely, and exiting
+    /// non-zero lets the orchestrator restart it.
+    pub(crate) fn fail(&self, reason: String) {
+        tracing::error!(error = %reason, "Fatal error; stopping");
+        counter!(names::ERRORS, "kind" => "fatal").increment(1);
+        self.health.set_blocker("fatal", Some(reason.clone()));
+        self.fatal
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_or_insert(reason);
+        self.shutdown.trigger();
+    }
+
+    pub(crate) fn fatal(&self) -> Option<String> {
+        self.fatal.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Records that part of the stop (or a revocation) did not finish in time.
+    pub(crate) fn unclean(&self, what: String) {
+        tracing::error!(problem = %what, "Did not finish in time");
+        self.unclean
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(what);
+    }
+
+    pub(crate) fn unclean_reasons(&self) -> Vec<String> {
+        self.unclean
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Publishes records not tied to an input offset (from `on_tick`), in order.
+    pub(crate) async fn publish(&self, outputs: Vec<Output>) -> Result<(), delivery::Stop> {
+        delivery::publish(self, outputs).await
+    }
+}
+
+/// The poll thread: poll, route, resume ready partitions, back-pressure and commit until
+/// shutdown; then stop fetching, let in-flight work finish within the deadline, commit,
+/// and leave the group.
+pub(crate) fn poll_loop<P: Processor>(
+    consumer: BaseConsumer<LoopContext<P>>,
+    shared: Arc<Shared<P>>,
+    control: std_mpsc::Receiver<Control>,
+) {
+    let settings = shared.settings.clone();
+    let mut cache = None;
+    let mut last_commit = Instant::now();
+    let mut last_housekeeping = Instant::now();
+    while !shared.shutdown.is_triggered() {
+        match consumer.poll(Duration::from_millis(20)) {
+            Some(Ok(message)) => {
+                shared.route(&consumer, message.detach(), &mut cache);
+                // Drain what is already fetched without the housekeeping below each time.
+                for _ in 0..256 {
+                    match consumer.poll(Duration::ZERO) {
+                        Some(Ok(message)) => {
+                            shared.route(&consumer, message.detach(), &mut cache);
+                        }
+                        Some(Err(error)) => consume_error(&error),
+                        None => break,
+                    }
+                }
+            }
+            Some(Err(error)) => consume_error(&error),
+            None => {}
+        }
+        while let Ok(ready) = control.try_recv() {
+            shared.ready(&consumer, ready);
+        }
+        if last_housekeeping.elapsed() >= Duration::from_millis(50) {
+            shared.apply_backpressure(&consumer);
+            shared.publish_status();
+            last_housekeeping = Instant::now();
+        }
+        if last_commit.elapsed() >= settings.commit_interval {
+            shared.commit(&consumer, None, CommitMode::Async);
+            last_commit = Instant::now();
+        }
+    }
+
+    tracing::info!("Stopping: no new fetches; finishing in-flight work");
+    shared.health.set_shutting_down();
+    if let Ok(assignment) = consumer.assignment() {
+        let _ = consumer.pause(&assignment);
+    }
+    let parts: Vec<_> = shared.table().drain(..).map(|s| s.part).collect();
+    shared
+        .generation
+        .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    shared.stop_partitions(&parts, "shutdown");
+    shared.commit(&consumer, Some(&parts), CommitMode::Sync);
+    shared.publish_status();
+    // Leaving the group hands our partitions over at once instead of after the session
+    // timeout; the revoke callback finds nothing left to do.
+    consumer.unsubscribe();
+    let _ = consumer.poll(Duration::from_millis(100));
+    drop(consumer);
+    tracing::info!("Consumer closed");
+}
+
+fn consume_error(error: &KafkaError) {
+    if let KafkaError::MessageConsumption(RDKafkaErrorCode::PollExceeded) = error {
+        counter!(names::MAX_POLL_EXCEEDED).increment(1);
+        tracing::error!("Left the consumer group: max.poll.interval.ms exceeded; rejoining");
+    } else {
+        counter!(names::ERRORS, "kind" => "consume").increment(1);
+        tracing::warn!(error = %error, "Consumer error");
+    }
+}

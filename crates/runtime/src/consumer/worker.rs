@@ -1,0 +1,266 @@
+//! The worker of one partition: decodes and processes its messages in offset order, with
+//! retries and dead letters, and hands what each produced to the partition's sender.
+
+use std::any::Any;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use metrics::counter;
+use rand::Rng;
+use rdkafka::message::{Headers, Message, OwnedMessage};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tracing::Instrument;
+use tributary_events::{Envelope, TraceParent, envelope};
+
+use super::Shared;
+use super::delivery::Item;
+use super::partition::Partition;
+use super::record::{self, OutRecord};
+use crate::dlq::{self, DeadLetter};
+use crate::metrics::names;
+use crate::processor::{Incoming, ProcessError, Processor};
+
+/// One in this many messages has its processing time recorded: a distribution needs a
+/// sample, not every message, and a histogram per message is a StatsD line per message.
+const TIMING_SAMPLE: u32 = 64;
+
+/// Runs `task` (a partition's worker or sender); should it ever panic, the partition could
+/// not make progress any more, so the service stops with an error instead of wedging.
+pub(crate) async fn supervised<P: Processor>(
+    shared: Arc<Shared<P>>,
+    what: &'static str,
+    part: Arc<Partition>,
+    task: impl std::future::Future<Output = ()> + Send,
+) {
+    if let Err(panic) = std::panic::AssertUnwindSafe(task).catch_unwind().await {
+        shared.fail(format!(
+            "{what} of {} panicked: {}",
+            part.id,
+            panic_text(&*panic)
+        ));
+    }
+}
+
+/// Processes one partition's messages in order until it is stopped or its queue closes.
+pub(crate) async fn run<P: Processor>(
+    shared: Arc<Shared<P>>,
+    part: Arc<Partition>,
+    mut rx: mpsc::UnboundedReceiver<OwnedMessage>,
+    out: mpsc::UnboundedSender<Item>,
+) {
+    let batching = shared.batching;
+    // The open batch: when it must end, how many messages it has, the next offset.
+    let mut batch: Option<(Instant, usize)> = None;
+    let mut next_offset = None;
+    let mut timing = 0u32;
+    let processing =
+        metrics::histogram!(names::PROCESSING_SECONDS, "topic" => part.id.topic.to_string());
+    loop {
+        // On revoke or shutdown, stop after the message in hand: messages queued but not
+        // started stay unfinished (uncommitted) for whoever reads the partition next,
+        // which keeps the stop time bounded by one message, not by the prefetched backlog.
+        let message = match batch {
+            Some((deadline, _)) => tokio::select! {
+                biased;
+                _ = part.stop.cancelled() => None,
+                _ = tokio::time::sleep_until(deadline) => {
+                    end_batch(&out, &mut batch, next_offset);
+                    continue;
+                }
+                message = rx.recv() => message,
+            },
+            None => tokio::select! {
+                biased;
+                _ = part.stop.cancelled() => None,
+                message = rx.recv() => message,
+            },
+        };
+        let Some(message) = message else { break };
+        let offset = message.offset();
+        timing = timing.wrapping_add(1);
+        // The first message of a partition is always timed, then one in TIMING_SAMPLE.
+        let started = (timing % TIMING_SAMPLE == 1).then(std::time::Instant::now);
+        // Every log line of the message's processing (the processor's too) carries where
+        // it came from and its trace id.
+        let span = tracing::info_span!(
+            "message",
+            topic = %part.id.topic,
+            partition = part.id.partition,
+            offset,
+            trace_id = tracing::field::Empty,
+        );
+        let Some(records) = handle(&shared, &part, &message).instrument(span).await else {
+            // Stopped mid-retry: this message and the rest stay unfinished.
+            break;
+        };
+        if let Some(started) = started {
+            processing.record(started.elapsed().as_secs_f64());
+        }
+        next_offset = Some(offset + 1);
+        match batching {
+            None if records.is_empty() => part.finish(offset),
+            _ => {
+                let _ = out.send(Item::Input {
+                    offset,
+                    records,
+                    input: Some(message),
+                });
+            }
+        }
+        if let Some(policy) = batching {
+            let (_, count) = batch.get_or_insert_with(|| (Instant::now() + policy.max_wait, 0));
+            *count += 1;
+            if *count >= policy.max_messages.max(1) {
+                end_batch(&out, &mut batch, next_offset);
+            }
+        }
+    }
+    // What was processed of the open batch is committed before the partition goes.
+    end_batch(&out, &mut batch, next_offset);
+}
+
+fn end_batch(
+    out: &mpsc::UnboundedSender<Item>,
+    batch: &mut Option<(Instant, usize)>,
+    next_offset: Option<i64>,
+) {
+    if let (Some(_), Some(next_offset)) = (batch.take(), next_offset) {
+        let _ = out.send(Item::BatchEnd { next_offset });
+    }
+}
+
+/// Decodes and processes one message with retries; returns the records to publish (the
+/// outputs, or a dead letter), or `None` when stopped mid-retry.
+async fn handle<P: Processor>(
+    shared: &Shared<P>,
+    part: &Partition,
+    message: &OwnedMessage,
+) -> Option<Vec<OutRecord>> {
+    // rdkafka panics on a header name that is not UTF-8 (any producer can send one): a
+    // bad header must not kill the worker, it only loses the trace it might carry.
+    let header_trace = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        message.headers().and_then(|headers| {
+            headers.iter().find_map(|h| {
+                (h.key == envelope::HEADER_TRACEPARENT || h.key == envelope::HEADER_TRACE)
+                    .then(|| h.value.and_then(|v| std::str::from_utf8(v).ok()))
+                    .flatten()
+                    .and_then(TraceParent::parse)
+            })
+        })
+    }))
+    .ok()
+    .flatten();
+    let envelope = match message.payload() {
+        None => None,
+        Some(bytes) => match Envelope::decode(bytes) {
+            Ok(envelope) => Some(envelope),
+            Err(e) => {
+                counter!(names::ERRORS, "kind" => e.kind()).increment(1);
+                tracing::warn!(error = %e, kind = e.kind(), "Undecodable message; dead-lettering");
+                let letter = DeadLetter {
+                    kind: e.kind().to_owned(),
+                    message: e.to_string(),
+                    attempts: 1,
+                };
+                return Some(vec![dead_letter(shared, message, &letter)]);
+            }
+        },
+    };
+    let parent = header_trace.or_else(|| envelope.as_ref().and_then(Envelope::trace_parent));
+    let trace = parent.map_or_else(TraceParent::new_root, |p| p.child());
+    let span = tracing::Span::current();
+    if !span.is_disabled() {
+        span.record("trace_id", trace.trace_id_hex());
+    }
+    let incoming = Incoming {
+        topic: part.id.topic.clone(),
+        partition: part.id.partition,
+        offset: message.offset(),
+        key: message.key().map(<[u8]>::to_vec),
+        envelope,
+        trace,
+    };
+    let settings = &shared.settings;
+    let mut attempt = 1;
+    loop {
+        // A panicking handler is a bug, but it must not wedge the partition or kill the
+        // process in a crash loop: the message is dead-lettered like a permanent failure.
+        let result = std::panic::AssertUnwindSafe(shared.processor.process(incoming.clone()))
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|panic| {
+                Err(ProcessError::Permanent(format!(
+                    "handler panicked: {}",
+                    panic_text(&*panic)
+                )))
+            });
+        let (kind, reason) = match result {
+            Ok(outputs) => {
+                return Some(
+                    outputs
+                        .into_iter()
+                        .map(|o| OutRecord::from_output(o, &incoming.trace))
+                        .collect(),
+                );
+            }
+            Err(ProcessError::Permanent(reason)) => (dlq::KIND_PERMANENT, reason),
+            Err(ProcessError::Transient(reason)) if attempt >= settings.max_attempts => {
+                counter!(names::ERRORS, "kind" => "transient").increment(1);
+                (dlq::KIND_RETRIES_EXHAUSTED, reason)
+            }
+            Err(ProcessError::Transient(reason)) => {
+                counter!(names::ERRORS, "kind" => "transient").increment(1);
+                let delay = backoff(settings.backoff, settings.max_backoff, attempt);
+                tracing::info!(error = %reason, attempt, delay_ms = delay.as_millis() as u64, "Transient failure; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = part.stop.cancelled() => return None,
+                }
+                attempt += 1;
+                continue;
+            }
+        };
+        if kind == dlq::KIND_PERMANENT {
+            counter!(names::ERRORS, "kind" => "permanent").increment(1);
+        }
+        tracing::warn!(error = %reason, attempt, kind, "Processing failed; dead-lettering");
+        let letter = DeadLetter {
+            kind: kind.to_owned(),
+            message: reason,
+            attempts: attempt,
+        };
+        return Some(vec![dead_letter(shared, message, &letter)]);
+    }
+}
+
+fn dead_letter<P>(shared: &Shared<P>, message: &OwnedMessage, letter: &DeadLetter) -> OutRecord {
+    counter!(names::DEAD_LETTERS, "kind" => letter.kind.clone()).increment(1);
+    shared.health.add_dead_letter();
+    record::dead_letter(
+        message,
+        letter,
+        &shared.settings.service,
+        &shared.settings.dlq_topic,
+    )
+}
+
+/// The text of a caught panic.
+pub(crate) fn panic_text(panic: &(dyn Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panicked".to_owned())
+}
+
+/// Exponential backoff with full jitter: a random delay in `[d/2, d]`, `d = base·2^(n-1)`.
+pub(crate) fn backoff(base: Duration, max: Duration, attempt: u32) -> Duration {
+    let exp = base.saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
+    let ceiling = exp.min(max);
+    let half = ceiling / 2;
+    half + ceiling
+        .saturating_sub(half)
+        .mul_f64(rand::rng().random::<f64>())
+}
