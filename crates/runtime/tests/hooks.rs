@@ -230,7 +230,7 @@ async fn batches_are_committed_in_order_after_their_outputs_and_before_the_group
     )
     .await;
     let commits = processor.commits.lock().unwrap().clone();
-    for (&p, _) in &ends {
+    for &p in ends.keys() {
         let mine: Vec<i64> = commits.iter().filter(|c| c.0 == p).map(|c| c.1).collect();
         assert!(
             mine.windows(2).all(|w| w[0] < w[1]),

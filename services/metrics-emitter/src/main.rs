@@ -12,10 +12,26 @@ struct Cli {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     telemetry::init_logging(cli.config.runtime.log_format);
     let shutdown = Shutdown::on_signals();
-    let running = metrics_emitter::start(cli.config, shutdown).await?;
-    running.wait().await
+    let result = match metrics_emitter::start(cli.config, shutdown).await {
+        Ok(running) => running.wait().await,
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(
+                error = format!("{e:#}"),
+                "metrics-emitter stopped with an error"
+            );
+            // 1: fatal or failed start; 2: an unclean stop (work left for the next run).
+            let code = e
+                .downcast_ref::<tributary_runtime::RuntimeError>()
+                .map_or(1, tributary_runtime::RuntimeError::exit_code);
+            std::process::ExitCode::from(code)
+        }
+    }
 }
