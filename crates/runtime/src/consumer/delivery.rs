@@ -235,7 +235,7 @@ impl<'a, P: Processor> Pipeline<'a, P> {
         rx: Option<&mut mpsc::UnboundedReceiver<Item>>,
     ) -> Result<Progress, Stop> {
         let abandon = self.abandoned().clone();
-        let (offset, index) = match self.queue.front_mut() {
+        let index = match self.queue.front_mut() {
             None => return Ok(Progress::Moved),
             Some(Entry::BatchEnd { next_offset }) => {
                 let next_offset = *next_offset;
@@ -280,15 +280,15 @@ impl<'a, P: Processor> Pipeline<'a, P> {
                         Err(_) => rec.slot = Slot::Failed(KafkaError::Canceled),
                     }
                 }
-                (offset, index)
+                index
             }
         };
-        self.failed(offset, index).await?;
+        self.failed(index).await?;
         Ok(Progress::Moved)
     }
 
     /// The front input's record at `index` failed: retry, replace or stop, by the error.
-    async fn failed(&mut self, _offset: i64, index: usize) -> Result<(), Stop> {
+    async fn failed(&mut self, index: usize) -> Result<(), Stop> {
         let Some(Entry::Input { input, recs, .. }) = self.queue.front_mut() else {
             return Ok(());
         };
