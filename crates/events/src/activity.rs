@@ -40,6 +40,7 @@ impl ActivityKind {
 #[schemars(transform = order_requirements)]
 pub struct Activity {
     /// What happened.
+    #[serde(deserialize_with = "crate::rules::strict::string_enum")]
     pub kind: ActivityKind,
     /// The product acted on; the Kafka key.
     #[schemars(regex(pattern = ID_PATTERN))]
@@ -48,7 +49,11 @@ pub struct Activity {
     #[schemars(regex(pattern = ID_PATTERN))]
     pub retailer_id: String,
     /// Event time; ingest defaults it to the time of receipt.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::rules::rfc3339::option::deserialize"
+    )]
     pub time: Option<chrono::DateTime<chrono::Utc>>,
     /// Units (default 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -50,15 +50,19 @@ impl WindowSize {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct WindowAggregate {
     /// What `id` identifies.
+    #[serde(deserialize_with = "crate::rules::strict::string_enum")]
     pub dim: Dimension,
     /// The product or brand id.
     #[schemars(regex(pattern = ID_PATTERN))]
     pub id: String,
     /// Window size.
+    #[serde(deserialize_with = "crate::rules::strict::string_enum")]
     pub window: WindowSize,
     /// Inclusive window start.
+    #[serde(deserialize_with = "crate::rules::rfc3339::deserialize")]
     pub start: chrono::DateTime<chrono::Utc>,
     /// Exclusive window end.
+    #[serde(deserialize_with = "crate::rules::rfc3339::deserialize")]
     pub end: chrono::DateTime<chrono::Utc>,
     /// Number of `product_viewed`.
     pub views: u64,

@@ -96,11 +96,13 @@ pub struct EnrichedProduct {
     #[serde(flatten)]
     pub product: Product,
     /// The latest price, or null while none is known.
+    #[serde(default, deserialize_with = "crate::rules::strict::option_object")]
     pub price: Option<Price>,
     /// The latest stock quantity, or null while none is known.
     pub stock: Option<u64>,
     /// True when product, price and stock are all known.
     pub complete: bool,
     /// When this enriched view last changed.
+    #[serde(deserialize_with = "crate::rules::rfc3339::deserialize")]
     pub updated_at: chrono::DateTime<chrono::Utc>,
 }

@@ -186,7 +186,27 @@ impl Envelope {
     }
 
     /// Decodes a record value, classifying every failure. Never panics, whatever the bytes.
+    ///
+    /// Valid input takes one typed pass; only input that fails it is parsed into a JSON
+    /// value and walked against the schema, which names every violation.
     pub fn decode(bytes: &[u8]) -> Result<Envelope, DecodeError> {
+        if let Some(envelope) = crate::fast::decode(bytes) {
+            return Ok(envelope);
+        }
+        Envelope::decode_checked(bytes)
+    }
+
+    /// The typed fast path alone: `Some` only for input it accepts, for tests that hold it
+    /// to the walker.
+    #[doc(hidden)]
+    pub fn decode_fast(bytes: &[u8]) -> Option<Envelope> {
+        crate::fast::decode(bytes)
+    }
+
+    /// Decodes through the schema walker alone (what [`Envelope::decode`] falls back to),
+    /// for tests that compare the two paths.
+    #[doc(hidden)]
+    pub fn decode_checked(bytes: &[u8]) -> Result<Envelope, DecodeError> {
         let value: Value =
             serde_json::from_slice(bytes).map_err(|e| DecodeError::NotJson(e.to_string()))?;
         Envelope::from_json(value)

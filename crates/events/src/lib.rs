@@ -12,6 +12,7 @@ pub mod catalog;
 pub mod compat;
 pub mod envelope;
 pub mod event;
+mod fast;
 pub mod rules;
 pub mod schema;
 pub mod trace;

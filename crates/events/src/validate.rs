@@ -529,13 +529,8 @@ impl Pattern {
 
     fn is_match(&self, s: &str) -> bool {
         match self {
-            Pattern::Id => {
-                (1..=128).contains(&s.len())
-                    && s.bytes().all(|b| {
-                        b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-')
-                    })
-            }
-            Pattern::Currency => s.len() == 3 && s.bytes().all(|b| b.is_ascii_uppercase()),
+            Pattern::Id => crate::rules::is_id(s),
+            Pattern::Currency => crate::rules::is_currency(s),
             Pattern::Regex(regex) => regex.is_match(s),
         }
     }

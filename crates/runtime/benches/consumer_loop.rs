@@ -63,6 +63,7 @@ fn bare_consume(broker: &TestBroker, topic: &str, n: u64, forward: Option<&str>)
         .set("session.timeout.ms", "6000")
         .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", tributary_testkit::FETCH_WAIT_MAX_MS)
         .create()
         .unwrap();
     consumer.subscribe(&[topic]).unwrap();
@@ -107,6 +108,7 @@ async fn loop_consume(broker: &TestBroker, topic: &str, n: u64, forward: Option<
     config.session_timeout_ms = 6000;
     config.commit_interval_ms = 100;
     config.max_in_flight = n as usize + 1;
+    config.kafka_config = vec![tributary_testkit::DEV_CLIENT_SETTING.into()];
     let processor = Counting {
         seen: seen.clone(),
         first: first.clone(),
@@ -194,24 +196,38 @@ async fn main() {
         .await
         .unwrap();
 
-    eprintln!("bench: {n} records produced; bare consumer");
-    let skip = std::env::var_os("BENCH_ONLY_LOOP_PASS").is_some();
-    let bare_noop = if skip {
-        1.0
-    } else {
+    // BENCH_SCENARIOS (comma-separated: bare-noop, loop-noop, bare-pass, loop-pass) runs a
+    // subset, for profiling one side alone; the table needs all four.
+    let only = std::env::var("BENCH_SCENARIOS").ok();
+    let wanted = |name: &str| only.as_deref().is_none_or(|o| o.split(',').any(|s| s == name));
+    eprintln!("bench: {n} records produced");
+    let rate = |name: &str| -> bool {
+        let run = wanted(name);
+        if run {
+            eprintln!("bench: {name}");
+        }
+        run
+    };
+    let bare_noop = if rate("bare-noop") {
         tokio::task::block_in_place(|| bare_consume(&broker, &input, n, None))
-    };
-    eprintln!("bench: loop, no-op");
-    let loop_noop = if skip {
-        1.0
     } else {
-        loop_consume(&broker, &input, n, None).await
+        f64::NAN
     };
-    eprintln!("bench: bare pass-through");
-    let bare_pass =
-        tokio::task::block_in_place(|| bare_consume(&broker, &input, n, Some(&out_bare)));
-    eprintln!("bench: loop pass-through");
-    let loop_pass = loop_consume(&broker, &input, n, Some(&out_loop)).await;
+    let loop_noop = if rate("loop-noop") {
+        loop_consume(&broker, &input, n, None).await
+    } else {
+        f64::NAN
+    };
+    let bare_pass = if rate("bare-pass") {
+        tokio::task::block_in_place(|| bare_consume(&broker, &input, n, Some(&out_bare)))
+    } else {
+        f64::NAN
+    };
+    let loop_pass = if rate("loop-pass") {
+        loop_consume(&broker, &input, n, Some(&out_loop)).await
+    } else {
+        f64::NAN
+    };
     for (scenario, ours, bare) in [
         ("consume, no-op processor", loop_noop, bare_noop),
         ("consume → produce pass-through", loop_pass, bare_pass),

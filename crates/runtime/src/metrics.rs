@@ -3,14 +3,19 @@
 
 use std::collections::HashMap;
 use std::net::UdpSocket;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use cadence::{BufferedUdpMetricSink, MetricSink, SinkStats};
 
+use metrics::{
+    Counter, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit,
+};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use metrics_exporter_statsd::StatsdBuilder;
 use metrics_util::layers::{FanoutBuilder, Layer, PrefixLayer};
+use metrics_util::registry::{AtomicStorage, Registry};
 
 /// Names of the runtime's own metrics (before the configured prefix).
 pub mod names {
@@ -81,80 +86,62 @@ pub fn install(prefix: &str, statsd_addr: &str, service: &str) -> MetricsHandle 
 /// arrive within about a second rather than when 1,432 bytes piled up.
 const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 
-/// The StatsD sink, shared with the flusher thread and with [`flush`].
-static STATSD_SINK: OnceLock<Arc<AggregatingSink>> = OnceLock::new();
+/// The StatsD side, shared with the flusher thread and with [`flush`].
+static STATSD: OnceLock<Arc<Aggregating>> = OnceLock::new();
 
-/// Client-side aggregation in front of the UDP buffer, as DogStatsD clients do: counters
-/// are summed and gauges keep their last value per name and tags until the next flush, so
-/// a busy consumer sends one line per counter per second instead of one per message, and
+/// Client-side aggregation in front of the StatsD recorder, as DogStatsD clients do:
+/// counters and gauges are plain atomics in this process (an increment on the hot path is
+/// one atomic add, not a formatted line), and once per flush each counter's growth and each
+/// changed gauge become one line. A busy consumer sends one line per counter per second, and
 /// no increment is ever dropped by a full queue or socket (counter totals stay exact).
-/// Distributions and timers are per-sample by nature and go straight to the buffer.
-struct AggregatingSink {
-    udp: BufferedUdpMetricSink,
-    pending: Mutex<Pending>,
+/// Histograms are per-sample by nature and go straight to the recorder.
+struct Aggregating {
+    registry: Registry<Key, AtomicStorage>,
+    statsd: metrics_exporter_statsd::StatsdRecorder,
+    sink: Arc<BufferedUdpMetricSink>,
+    sent: Mutex<Sent>,
 }
 
+/// What the last flush sent: counter totals and gauge values (as bits), per key.
 #[derive(Default)]
-struct Pending {
-    /// `name\0|c|#tags` → sum.
-    counters: HashMap<String, i64>,
-    /// `name\0|g|#tags` → last value.
-    gauges: HashMap<String, String>,
+struct Sent {
+    counters: HashMap<Key, u64>,
+    gauges: HashMap<Key, u64>,
 }
 
-impl AggregatingSink {
-    /// Splits `name:value|type...` into (name, value, `|type...`).
-    fn split(line: &str) -> Option<(&str, &str, &str)> {
-        let (name, rest) = line.split_once(':')?;
-        let bar = rest.find('|')?;
-        Some((name, &rest[..bar], &rest[bar..]))
-    }
+static METADATA: Metadata<'static> = Metadata::new(module_path!(), metrics::Level::INFO, None);
 
-    fn send_pending(&self) -> std::io::Result<()> {
-        let pending = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
-        let lines = pending
-            .counters
-            .into_iter()
-            .map(|(k, v)| (k, v.to_string()))
-            .chain(pending.gauges);
-        for (key, value) in lines {
-            let (name, suffix) = key.split_once('\0').unwrap_or((&key, ""));
-            self.udp.emit(&format!("{name}:{value}{suffix}"))?;
-        }
-        self.udp.flush()
-    }
-}
-
-impl MetricSink for AggregatingSink {
-    fn emit(&self, metric: &str) -> std::io::Result<usize> {
-        if let Some((name, value, suffix)) = Self::split(metric) {
-            let key = || format!("{name}\0{suffix}");
-            if suffix.starts_with("|c") && !suffix.contains("|@") {
-                if let Ok(n) = value.parse::<i64>() {
-                    let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-                    *pending.counters.entry(key()).or_default() += n;
-                    return Ok(metric.len());
-                }
-            } else if suffix.starts_with("|g") && !value.starts_with(['+', '-']) {
-                let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-                pending.gauges.insert(key(), value.to_owned());
-                return Ok(metric.len());
-            }
-        }
-        self.udp.emit(metric)
-    }
-
+impl Aggregating {
+    /// Hands what accumulated since the last flush to the StatsD recorder, then sends the
+    /// buffered lines. Serialised by the `sent` lock, so concurrent flushes never double
+    /// count.
     fn flush(&self) -> std::io::Result<()> {
-        self.send_pending()
-    }
-
-    fn stats(&self) -> SinkStats {
-        self.udp.stats()
+        let mut sent = self.sent.lock().unwrap_or_else(|e| e.into_inner());
+        let Sent { counters, gauges } = &mut *sent;
+        self.registry.visit_counters(|key, total| {
+            let total = total.load(Ordering::Acquire);
+            let last = counters.entry(key.clone()).or_default();
+            if total > *last {
+                self.statsd
+                    .register_counter(key, &METADATA)
+                    .increment(total - *last);
+                *last = total;
+            }
+        });
+        self.registry.visit_gauges(|key, value| {
+            let bits = value.load(Ordering::Acquire);
+            if gauges.insert(key.clone(), bits) != Some(bits) {
+                self.statsd
+                    .register_gauge(key, &METADATA)
+                    .set(f64::from_bits(bits));
+            }
+        });
+        self.sink.flush()
     }
 }
 
-/// The recorder's handle on the shared sink.
-struct SharedSink(Arc<AggregatingSink>);
+/// The recorder's handle on the buffer the flusher empties.
+struct SharedSink(Arc<BufferedUdpMetricSink>);
 
 impl MetricSink for SharedSink {
     fn emit(&self, metric: &str) -> std::io::Result<usize> {
@@ -170,34 +157,69 @@ impl MetricSink for SharedSink {
     }
 }
 
+/// The recorder the facade sees for StatsD.
+struct AggregatingRecorder(Arc<Aggregating>);
+
+impl Recorder for AggregatingRecorder {
+    fn describe_counter(&self, key: KeyName, unit: Option<Unit>, description: SharedString) {
+        self.0.statsd.describe_counter(key, unit, description)
+    }
+
+    fn describe_gauge(&self, key: KeyName, unit: Option<Unit>, description: SharedString) {
+        self.0.statsd.describe_gauge(key, unit, description)
+    }
+
+    fn describe_histogram(&self, key: KeyName, unit: Option<Unit>, description: SharedString) {
+        self.0.statsd.describe_histogram(key, unit, description)
+    }
+
+    fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
+        Counter::from_arc(self.0.registry.get_or_create_counter(key, |c| c.clone()))
+    }
+
+    fn register_gauge(&self, key: &Key, _: &Metadata<'_>) -> Gauge {
+        Gauge::from_arc(self.0.registry.get_or_create_gauge(key, |g| g.clone()))
+    }
+
+    fn register_histogram(&self, key: &Key, metadata: &Metadata<'_>) -> Histogram {
+        self.0.statsd.register_histogram(key, metadata)
+    }
+}
+
 /// Sends every StatsD line recorded so far. Services call it as they stop, so the metrics
 /// of the last messages they processed (and committed) are not lost with the process.
 pub fn flush() {
-    if let Some(sink) = STATSD_SINK.get() {
-        if let Err(e) = sink.flush() {
+    if let Some(statsd) = STATSD.get() {
+        if let Err(e) = statsd.flush() {
             tracing::debug!(error = %e, "StatsD flush");
         }
     }
 }
 
-fn statsd(
-    prefix: &str,
-    addr: &str,
-    service: &str,
-) -> Result<metrics_exporter_statsd::StatsdRecorder, String> {
+fn statsd(prefix: &str, addr: &str, service: &str) -> Result<AggregatingRecorder, String> {
     let (host, port) = addr
         .rsplit_once(':')
         .ok_or_else(|| format!("{addr}: expected host:port"))?;
     let port: u16 = port.parse().map_err(|_| format!("{addr}: bad port"))?;
     let socket = UdpSocket::bind("0.0.0.0:0").map_err(|e| e.to_string())?;
     socket.set_nonblocking(true).map_err(|e| e.to_string())?;
-    let udp = BufferedUdpMetricSink::with_capacity((host, port), socket, 1432)
+    let sink = Arc::new(
+        BufferedUdpMetricSink::with_capacity((host, port), socket, 1432)
+            .map_err(|e| e.to_string())?,
+    );
+    let statsd = StatsdBuilder::from(host, port)
+        .with_sink(SharedSink(sink.clone()))
+        .histogram_is_distribution()
+        .with_default_tag("service", service)
+        .build(Some(prefix))
         .map_err(|e| e.to_string())?;
-    let sink = Arc::new(AggregatingSink {
-        udp,
-        pending: Mutex::new(Pending::default()),
+    let aggregating = Arc::new(Aggregating {
+        registry: Registry::atomic(),
+        statsd,
+        sink,
+        sent: Mutex::new(Sent::default()),
     });
-    let flusher = sink.clone();
+    let flusher = aggregating.clone();
     std::thread::Builder::new()
         .name("statsd-flush".into())
         .spawn(move || {
@@ -207,13 +229,8 @@ fn statsd(
             }
         })
         .map_err(|e| e.to_string())?;
-    let _ = STATSD_SINK.set(sink.clone());
-    StatsdBuilder::from(host, port)
-        .with_sink(SharedSink(sink))
-        .histogram_is_distribution()
-        .with_default_tag("service", service)
-        .build(Some(prefix))
-        .map_err(|e| e.to_string())
+    let _ = STATSD.set(aggregating.clone());
+    Ok(AggregatingRecorder(aggregating))
 }
 
 #[cfg(test)]
@@ -226,43 +243,50 @@ mod tests {
         agent
             .set_read_timeout(Some(Duration::from_secs(5)))
             .unwrap();
-        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let sink = AggregatingSink {
-            udp: BufferedUdpMetricSink::with_capacity(agent.local_addr().unwrap(), socket, 1432)
-                .unwrap(),
-            pending: Mutex::new(Pending::default()),
+        let recorder = statsd("t", &agent.local_addr().unwrap().to_string(), "svc").unwrap();
+        let key = |name: &'static str, tag: Option<&'static str>| match tag {
+            Some(t) => Key::from_parts(name, vec![metrics::Label::new("t", t)]),
+            None => Key::from_name(name),
         };
-        for line in [
-            "a:1|c|#t:x",
-            "a:1|c|#t:x",
-            "a:2|c|#t:y",
-            "g:5|g",
-            "g:7|g",
-            "d:3|d|#t:x",
-            "d:4|d|#t:x",
-        ] {
-            sink.emit(line).unwrap();
-        }
-        sink.flush().unwrap();
+        let a = recorder.register_counter(&key("a", Some("x")), &METADATA);
+        a.increment(1);
+        a.increment(1);
+        // Registering the same key again shares the count.
+        recorder.register_counter(&key("a", Some("x")), &METADATA).increment(1);
+        recorder.register_counter(&key("a", Some("y")), &METADATA).increment(2);
+        let g = recorder.register_gauge(&key("g", None), &METADATA);
+        g.set(5.0);
+        g.set(7.0);
+        let d = recorder.register_histogram(&key("d", Some("x")), &METADATA);
+        d.record(3.0);
+        d.record(4.0);
+        recorder.0.flush().unwrap();
+        let mut lines = Vec::new();
         let mut buf = [0u8; 2048];
-        let n = agent.recv(&mut buf).unwrap();
-        let mut lines: Vec<&str> = std::str::from_utf8(&buf[..n]).unwrap().lines().collect();
+        while lines.len() < 5 {
+            let n = agent.recv(&mut buf).unwrap();
+            lines.extend(std::str::from_utf8(&buf[..n]).unwrap().lines().map(str::to_owned));
+        }
         lines.sort_unstable();
         assert_eq!(
             lines,
             [
-                "a:2|c|#t:x",
-                "a:2|c|#t:y",
-                "d:3|d|#t:x",
-                "d:4|d|#t:x",
-                "g:7|g"
+                "t.a:2|c|#service:svc,t:y",
+                "t.a:3|c|#service:svc,t:x",
+                "t.d:3|d|#service:svc,t:x",
+                "t.d:4|d|#service:svc,t:x",
+                "t.g:7|g|#service:svc"
             ]
         );
-        // Nothing is sent twice.
-        sink.flush().unwrap();
+        // Nothing is sent twice; only growth is sent after that.
+        recorder.0.flush().unwrap();
         agent
             .set_read_timeout(Some(Duration::from_millis(100)))
             .unwrap();
         assert!(agent.recv(&mut buf).is_err());
+        a.increment(4);
+        recorder.0.flush().unwrap();
+        let n = agent.recv(&mut buf).unwrap();
+        assert_eq!(std::str::from_utf8(&buf[..n]).unwrap().trim(), "t.a:4|c|#service:svc,t:x");
     }
 }

@@ -209,8 +209,7 @@ impl TestBroker {
             .set("session.timeout.ms", "6000")
             .set("auto.offset.reset", "earliest")
             .set("enable.auto.commit", "false")
-            // Tansu holds every fetch for the full fetch.wait.max.ms (500 ms by default).
-            .set("fetch.wait.max.ms", "10")
+            .set("fetch.wait.max.ms", crate::FETCH_WAIT_MAX_MS)
             .create()?)
     }
 

@@ -12,6 +12,15 @@ mod clients;
 pub use broker::{Storage, TestBroker, find_tansu};
 pub use clients::{RawRecord, Record, send_waiting, unique_name};
 
+/// How long the dev broker may hold a fetch, in ms, in test and benchmark clients. The dev
+/// broker holds every fetch for the full `fetch.wait.max.ms` even when data is there
+/// (ARCHITECTURE.md section 9): librdkafka's 500 ms default caps a consumer near 60k
+/// records/s. Production configs keep the default.
+pub const FETCH_WAIT_MAX_MS: &str = "5";
+
+/// [`FETCH_WAIT_MAX_MS`] as a `KAFKA_CONFIG` item, for services started by tests and benches.
+pub const DEV_CLIENT_SETTING: &str = "fetch.wait.max.ms=5";
+
 /// What can go wrong while setting up a test.
 #[derive(Debug, thiserror::Error)]
 pub enum TestkitError {

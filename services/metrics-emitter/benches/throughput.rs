@@ -41,6 +41,7 @@ fn bare(broker: &TestBroker, n: u64) -> f64 {
         .set("session.timeout.ms", "6000")
         .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", tributary_testkit::FETCH_WAIT_MAX_MS)
         .create()
         .unwrap();
     consumer.subscribe(&[topics::ACTIVITY]).unwrap();
@@ -131,6 +132,7 @@ async fn main() {
         .env("ADMIN_ADDR", admin.to_string())
         .env("SESSION_TIMEOUT_MS", "6000")
         .env("COMMIT_INTERVAL_MS", "100")
+        .env("KAFKA_CONFIG", tributary_testkit::DEV_CLIENT_SETTING)
         // Above the record count: Tansu's memory engine cannot resume a paused partition
         // inside a record batch (see the consumer-loop benchmark).
         .env("MAX_IN_FLIGHT", (n + 1).to_string())

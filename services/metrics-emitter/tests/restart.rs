@@ -45,7 +45,10 @@ fn spawn(broker: &TestBroker, agent: &Agent, group: &str) -> Emitter {
         // The runtime's poll thread never waits on processing, so 15 s is plenty.
         .env(
             "KAFKA_CONFIG",
-            "max.poll.interval.ms=15000,fetch.wait.max.ms=10",
+            format!(
+                "max.poll.interval.ms=15000;{}",
+                tributary_testkit::DEV_CLIENT_SETTING
+            ),
         )
         .env(
             "LAG_INTERVAL_MS",

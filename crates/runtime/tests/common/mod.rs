@@ -154,7 +154,7 @@ pub fn config(broker: &TestBroker, group: &str) -> RuntimeConfig {
 }
 
 /// Client settings for the dev broker: fetches are not held for long.
-pub const DEV_BROKER_CLIENT: &str = "fetch.wait.max.ms=10";
+pub use tributary_testkit::DEV_CLIENT_SETTING as DEV_BROKER_CLIENT;
 
 pub async fn start<P: Processor>(
     config: RuntimeConfig,

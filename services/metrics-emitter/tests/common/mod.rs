@@ -21,6 +21,7 @@ pub fn config(broker: &TestBroker, group: &str) -> EmitterConfig {
     runtime.session_timeout_ms = 6000;
     runtime.commit_interval_ms = 200;
     runtime.shutdown_timeout_ms = 10_000;
+    runtime.kafka_config = vec![tributary_testkit::DEV_CLIENT_SETTING.into()];
     let mut config = EmitterConfig::with_runtime(runtime);
     config.lag_interval_ms = 200;
     config.lag_window = 3;
