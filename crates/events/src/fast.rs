@@ -73,7 +73,8 @@ fn is_ulid(s: &str) -> bool {
         && (b'0'..=b'7').contains(&b[0])
         && b[1..].iter().all(|c| {
             c.is_ascii_digit()
-                || (c.is_ascii_alphabetic() && !matches!(c.to_ascii_uppercase(), b'I' | b'L' | b'O' | b'U'))
+                || (c.is_ascii_alphabetic()
+                    && !matches!(c.to_ascii_uppercase(), b'I' | b'L' | b'O' | b'U'))
         })
 }
 
@@ -108,14 +109,12 @@ fn product_ok(p: &Product) -> bool {
         && chars_within(&p.sku, 1, 128)
         && chars_within(&p.name, 1, 512)
         && chars_within(&p.category, 1, 256)
-        && p
-            .description
+        && p.description
             .as_deref()
             .is_none_or(|d| chars_within(d, 0, TEXT_MAX as usize))
         && p.attributes.as_ref().is_none_or(|a| {
             a.len() <= 128
-                && a
-                    .iter()
+                && a.iter()
                     .all(|(k, v)| chars_within(k, 1, 128) && chars_within(v, 0, 1024))
         })
         && p.images.as_ref().is_none_or(|images| {
@@ -129,8 +128,7 @@ fn price_ok(p: &Price) -> bool {
 
 fn stock_ok(s: &Stock) -> bool {
     is_id(&s.product_id)
-        && s
-            .warehouse
+        && s.warehouse
             .as_deref()
             .is_none_or(|w| chars_within(w, 1, 128))
 }

@@ -12,8 +12,7 @@ pub const TEXT_MAX: u32 = 65_536;
 /// Whether `s` matches [`ID_PATTERN`] (a byte loop: it runs on every id of every event).
 pub fn is_id(s: &str) -> bool {
     (1..=128).contains(&s.len())
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
 }
 
@@ -75,12 +74,14 @@ pub mod strict {
     use std::fmt;
     use std::marker::PhantomData;
 
+    use serde::Deserialize;
     use serde::de::value::{MapAccessDeserializer, StrDeserializer};
     use serde::de::{DeserializeOwned, Deserializer, MapAccess, Visitor};
-    use serde::Deserialize;
 
     /// A unit-variant enum from a JSON string only.
-    pub fn string_enum<'de, D: Deserializer<'de>, T: DeserializeOwned>(d: D) -> Result<T, D::Error> {
+    pub fn string_enum<'de, D: Deserializer<'de>, T: DeserializeOwned>(
+        d: D,
+    ) -> Result<T, D::Error> {
         let text = Cow::<'de, str>::deserialize(d)?;
         T::deserialize(StrDeserializer::<D::Error>::new(&text))
     }
@@ -116,5 +117,4 @@ pub mod strict {
     pub fn present_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
         String::deserialize(d).map(Some)
     }
-
 }

@@ -145,7 +145,11 @@ fn the_fast_path_accepts_every_valid_sample() {
         let bytes = serde_json::to_vec(&sample).unwrap();
         let fast = Envelope::decode_fast(&bytes);
         assert!(fast.is_some(), "{label}: fast path refused a valid sample");
-        assert_eq!(fast.map(Ok), Some(Envelope::decode_checked(&bytes)), "{label}");
+        assert_eq!(
+            fast.map(Ok),
+            Some(Envelope::decode_checked(&bytes)),
+            "{label}"
+        );
     }
 }
 
@@ -187,7 +191,11 @@ fn the_fast_path_never_accepts_what_the_schema_refuses() {
                             &format!("{}:{}", json!(key), other),
                             1,
                         );
-                        agree(&format!("{label} {path} dup {key}"), text.as_bytes(), &mut accepted);
+                        agree(
+                            &format!("{label} {path} dup {key}"),
+                            text.as_bytes(),
+                            &mut accepted,
+                        );
                         cases += 1;
                     }
                 }
@@ -195,13 +203,20 @@ fn the_fast_path_never_accepts_what_the_schema_refuses() {
         }
         // Every activity kind under every activity type.
         for kind in ActivityKind::ALL {
-            for t in EventType::ALL.iter().filter(|t| t.activity_kind().is_some()) {
+            for t in EventType::ALL
+                .iter()
+                .filter(|t| t.activity_kind().is_some())
+            {
                 let mut mutated = sample.clone();
                 mutated["type"] = json!(t.name());
                 if mutated["data"].get("kind").is_some() {
                     mutated["data"]["kind"] = json!(kind.as_str());
                 }
-                agree(&label, &serde_json::to_vec(&mutated).unwrap(), &mut accepted);
+                agree(
+                    &label,
+                    &serde_json::to_vec(&mutated).unwrap(),
+                    &mut accepted,
+                );
                 cases += 1;
             }
         }

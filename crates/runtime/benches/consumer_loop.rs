@@ -199,7 +199,10 @@ async fn main() {
     // BENCH_SCENARIOS (comma-separated: bare-noop, loop-noop, bare-pass, loop-pass) runs a
     // subset, for profiling one side alone; the table needs all four.
     let only = std::env::var("BENCH_SCENARIOS").ok();
-    let wanted = |name: &str| only.as_deref().is_none_or(|o| o.split(',').any(|s| s == name));
+    let wanted = |name: &str| {
+        only.as_deref()
+            .is_none_or(|o| o.split(',').any(|s| s == name))
+    };
     eprintln!("bench: {n} records produced");
     let rate = |name: &str| -> bool {
         let run = wanted(name);

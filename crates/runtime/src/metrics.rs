@@ -9,9 +9,7 @@ use std::time::Duration;
 
 use cadence::{BufferedUdpMetricSink, MetricSink, SinkStats};
 
-use metrics::{
-    Counter, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit,
-};
+use metrics::{Counter, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use metrics_exporter_statsd::StatsdBuilder;
 use metrics_util::layers::{FanoutBuilder, Layer, PrefixLayer};
@@ -252,8 +250,12 @@ mod tests {
         a.increment(1);
         a.increment(1);
         // Registering the same key again shares the count.
-        recorder.register_counter(&key("a", Some("x")), &METADATA).increment(1);
-        recorder.register_counter(&key("a", Some("y")), &METADATA).increment(2);
+        recorder
+            .register_counter(&key("a", Some("x")), &METADATA)
+            .increment(1);
+        recorder
+            .register_counter(&key("a", Some("y")), &METADATA)
+            .increment(2);
         let g = recorder.register_gauge(&key("g", None), &METADATA);
         g.set(5.0);
         g.set(7.0);
@@ -265,7 +267,12 @@ mod tests {
         let mut buf = [0u8; 2048];
         while lines.len() < 5 {
             let n = agent.recv(&mut buf).unwrap();
-            lines.extend(std::str::from_utf8(&buf[..n]).unwrap().lines().map(str::to_owned));
+            lines.extend(
+                std::str::from_utf8(&buf[..n])
+                    .unwrap()
+                    .lines()
+                    .map(str::to_owned),
+            );
         }
         lines.sort_unstable();
         assert_eq!(
@@ -287,6 +294,9 @@ mod tests {
         a.increment(4);
         recorder.0.flush().unwrap();
         let n = agent.recv(&mut buf).unwrap();
-        assert_eq!(std::str::from_utf8(&buf[..n]).unwrap().trim(), "t.a:4|c|#service:svc,t:x");
+        assert_eq!(
+            std::str::from_utf8(&buf[..n]).unwrap().trim(),
+            "t.a:4|c|#service:svc,t:x"
+        );
     }
 }

@@ -228,9 +228,10 @@ async fn sigterm_then_restart_counts_exactly() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "still fails after the runtime's routing fix (counted 1186 of 4000 on 2026-11-23): \
-            the replacement stops consuming after the killed member's session expires; not \
-            yet root-caused (issue 9); run with --ignored"]
+#[ignore = "Tansu 0.6 never re-assigns the partitions of a SIGKILLed member to a \
+            replacement that joined within its session (bare-client reproduction: \
+            docs/repro/dead_member_rejoin.py; docs/architecture.md); runs once the dev \
+            broker moves to nisshi (issue 10)"]
 async fn sigkill_then_restart_never_undercounts() {
     let broker: &'static TestBroker = Box::leak(Box::new(TestBroker::start_durable().unwrap()));
     for topic in topics::ALL {

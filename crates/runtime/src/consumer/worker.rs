@@ -61,8 +61,21 @@ pub(crate) async fn run<P: Processor>(
         // On revoke or shutdown, stop after the message in hand: messages queued but not
         // started stay unfinished (uncommitted) for whoever reads the partition next,
         // which keeps the stop time bounded by one message, not by the prefetched backlog.
-        let message = match batch {
-            Some((deadline, _)) => tokio::select! {
+        // Messages already queued are taken without a select (a wake-up and two futures
+        // per message otherwise); the stop signal is still checked before each one.
+        let queued = match rx.try_recv() {
+            Ok(message) if !part.stop.is_cancelled() => Some(message),
+            _ => None,
+        };
+        let message = match (queued, batch) {
+            (Some(message), Some((deadline, _))) if Instant::now() < deadline => Some(message),
+            (Some(message), None) => Some(message),
+            (Some(message), Some(_)) => {
+                // The batch's time is up: end it first, then this message opens the next.
+                end_batch(&out, &mut batch, next_offset);
+                Some(message)
+            }
+            (None, Some((deadline, _))) => tokio::select! {
                 biased;
                 _ = part.stop.cancelled() => None,
                 _ = tokio::time::sleep_until(deadline) => {
@@ -71,7 +84,7 @@ pub(crate) async fn run<P: Processor>(
                 }
                 message = rx.recv() => message,
             },
-            None => tokio::select! {
+            (None, None) => tokio::select! {
                 biased;
                 _ = part.stop.cancelled() => None,
                 message = rx.recv() => message,
