@@ -15,10 +15,10 @@ const NOTES: &str = "\
 workers, watermark commits, and in pass-through an acknowledged output per input) against a bare \
 rdkafka `BaseConsumer` on the same topic, broker and run (the bare consumer neither decodes nor \
 commits; in pass-through it produces each payload unchanged and awaits every ack). 6 partitions, \
-Tansu with memory storage on the same machine; the loop's in-flight budget is set above the \
-message count so it never pauses (Tansu's memory engine stalls a consumer that resumes a paused \
-partition inside a record batch; back-pressure is covered by its own test). Both sides are \
-bounded by the dev broker here: read the ratio, not the absolute rate.
+the dev broker with memory storage on the same machine, both sides with `fetch.wait.max.ms=5` \
+(the dev broker holds every fetch for the full wait). The loop's in-flight budget is set above \
+the message count so the run measures the loop's cost per message, not its back-pressure \
+(covered by its own test).
 - **decode**: `Envelope::decode` (parse, validate every field against the generated schema, \
 build the typed event) against `serde_json::from_slice::<Value>` of the same bytes, the floor \
 any JSON consumer pays. One core, no broker.
@@ -29,7 +29,7 @@ publishes each and answers only once the broker acknowledged it; against a bare 
 producer publishing the same number of envelopes (pre-built, with the same headers) to the same \
 topic and awaiting every ack, with the same producer settings and allocator. Each scenario runs \
 three rounds, each next to its own baseline (the broker's storage grows through the run); the \
-median round is shown. Tansu with memory storage. Load generator, ingest and broker share the \
+median round is shown. The dev broker with memory storage. Load generator, ingest and broker share the \
 machine's two cores. Goals: single-event at least 30,000 requests/s, batches at least 0.6x.
 - **metrics_emitter**: the real `metrics-emitter` binary (a child process, its StatsD sent to a \
 UDP socket that counts packets and lines) reading 1M activity events (a third each viewed, \
@@ -48,8 +48,10 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
             other => bail!("unknown option {other:?} (cargo xtask bench [--messages N])"),
         }
     }
-    let tansu = crate::tansu::ensure()?;
-    let tansu = tansu.to_string_lossy().into_owned();
+    let broker = crate::broker::ensure()?;
+    let broker_name = crate::broker::version_of(&broker)
+        .map_or_else(|| broker.display().to_string(), |(n, v)| format!("{n} {v}"));
+    let broker = broker.to_string_lossy().into_owned();
     let mut rows = Vec::new();
     for (package, bench) in [
         ("tributary-events", "decode"),
@@ -60,7 +62,7 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
         eprintln!("xtask: benchmark {bench}");
         let output = cargo::cargo()
             .args(["bench", "-q", "-p", package, "--bench", bench])
-            .env("TANSU_BIN", &tansu)
+            .env("TRIB_BROKER_BIN", &broker)
             .env("BENCH_MESSAGES", &messages)
             .env("RUST_LOG", "warn")
             .output()
@@ -76,19 +78,19 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
             rows.push(row);
         }
     }
-    let doc = render(&rows);
+    let doc = render(&rows, &broker_name);
     let path = workspace_root().join("docs").join("benchmarks.md");
     std::fs::write(&path, doc)?;
     println!("xtask bench: wrote {}", path.display());
     Ok(())
 }
 
-fn render(rows: &[Value]) -> String {
+fn render(rows: &[Value], broker: &str) -> String {
     let mut doc = String::from(
         "# Benchmarks\n\nWritten by `cargo xtask bench`; every number sits next to a baseline \
          measured in the same run on the same machine, and the ratio is ours / baseline.\n\n",
     );
-    let _ = writeln!(doc, "## Machine\n\n{}\n", machine());
+    let _ = writeln!(doc, "## Machine\n\n{}\n", machine(broker));
     doc.push_str("## Results\n\n");
     doc.push_str("| benchmark | scenario | messages | record bytes | ours (msg/s) | baseline (msg/s) | ratio | latency p50 / p99 | also measured |\n");
     doc.push_str("|---|---|---:|---:|---:|---:|---:|---:|---|\n");
@@ -126,7 +128,7 @@ fn thousands(v: f64) -> String {
     out
 }
 
-fn machine() -> String {
+fn machine(broker: &str) -> String {
     let read = |path: &str| std::fs::read_to_string(path).unwrap_or_default();
     let cpu = read("/proc/cpuinfo")
         .lines()
@@ -149,10 +151,9 @@ fn machine() -> String {
             .unwrap_or_default()
     };
     format!(
-        "- CPU: {cpu}, {cores} cores available\n- memory: {memory_gib:.0} GiB\n- {}\n- kernel: {}\n- broker: tansu {} on the same machine (storage per benchmark below)\n- date: {}",
+        "- CPU: {cpu}, {cores} cores available\n- memory: {memory_gib:.0} GiB\n- {}\n- kernel: {}\n- broker: {broker} on the same machine (storage per benchmark below)\n- date: {}",
         command("rustc", &["--version"]),
         command("uname", &["-sr"]),
-        crate::tansu::VERSION,
         command("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
     )
 }

@@ -7,11 +7,11 @@
 //! - `cargo xtask schemas`: rewrites `schemas/` after a compatible change to the event types.
 
 mod bench;
+mod broker;
 mod cargo;
 mod demo;
 #[cfg(test)]
 mod deploy_checks;
-mod tansu;
 mod test;
 mod up;
 

@@ -9,8 +9,8 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
         anyhow::bail!("cargo xtask test takes no arguments (got {arg:?})");
     }
     let started = Instant::now();
-    let tansu = crate::tansu::ensure()?;
-    let tansu = tansu.to_string_lossy().into_owned();
+    let broker = crate::broker::ensure()?;
+    let broker = broker.to_string_lossy().into_owned();
     ensure_components();
 
     // Every step runs even after a failure, so one run reports everything that is wrong.
@@ -33,7 +33,7 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
     for (name, step_args) in steps {
         eprintln!("xtask: ── {name}: cargo {}", step_args.join(" "));
         let step_started = Instant::now();
-        let ok = cargo::run(&step_args, &[("TANSU_BIN", &tansu)]).is_ok();
+        let ok = cargo::run(&step_args, &[("TRIB_BROKER_BIN", &broker)]).is_ok();
         results.push((name, ok, step_started.elapsed()));
     }
     let summary: Vec<String> = results

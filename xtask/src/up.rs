@@ -1,6 +1,6 @@
 //! `cargo xtask up`: the whole suite on one machine, with a durable dev broker.
 
-use std::io::{BufRead, BufReader, IsTerminal, Read};
+use std::io::{BufRead, BufReader, IsTerminal, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
@@ -253,18 +253,22 @@ fn start_broker(root: &Path) -> anyhow::Result<Running> {
              `KAFKA_BROKERS={DEV_BROKER} cargo xtask up` to use it"
         );
     }
-    let tansu = crate::tansu::ensure()?;
+    let bin = crate::broker::ensure()?;
+    let nisshi = crate::broker::version_of(&bin).is_some_and(|(name, _)| name == "nisshi");
     let dir = root.join(".tributary").join("broker");
     std::fs::create_dir_all(&dir)?;
+    let log_path = root.join(".tributary").join("broker.log");
     eprintln!(
-        "xtask: starting the dev broker on {DEV_BROKER} (data: {})",
-        dir.join("tansu.db").display()
+        "xtask: starting the dev broker on {DEV_BROKER} (data: {}, log: {})",
+        dir.join("broker.db").display(),
+        log_path.display()
     );
     let url = format!("tcp://{DEV_BROKER}");
-    // Tansu reads sqlite:///abs as relative to its working directory: run it in `dir`.
-    let mut command = Command::new(tansu);
+    // The broker reads sqlite:///abs as relative to its working directory: run it in `dir`.
+    let mut command = Command::new(bin);
     command
         .current_dir(&dir)
+        .env("NO_COLOR", "1")
         .args([
             "broker",
             "--listener-url",
@@ -272,8 +276,12 @@ fn start_broker(root: &Path) -> anyhow::Result<Running> {
             "--advertised-listener-url",
             &url,
         ])
-        .args(["--storage-engine", "sqlite://tansu.db"]);
-    let broker = spawn("broker", &mut command)?;
+        .args(["--storage-engine", "sqlite://broker.db"]);
+    if nisshi {
+        // A group of one service's instances forms as they come; no 3 s hold on the first join.
+        command.args(["--group-initial-rebalance-delay", "0s"]);
+    }
+    let broker = spawn_logged("broker", &mut command, &log_path)?;
     let started = Instant::now();
     while TcpStream::connect_timeout(&addr, Duration::from_millis(300)).is_err() {
         if started.elapsed() > Duration::from_secs(30) {
@@ -282,6 +290,104 @@ fn start_broker(root: &Path) -> anyhow::Result<Running> {
         std::thread::sleep(Duration::from_millis(100));
     }
     Ok(broker)
+}
+
+/// Starts the broker in its own process group with everything it prints appended to
+/// `log_path`; only its warnings, errors and panics reach the console, one line each (its
+/// errors can be kilobytes of debug output on one line).
+fn spawn_logged(name: &str, command: &mut Command, log_path: &Path) -> anyhow::Result<Running> {
+    let mut child = command
+        .process_group(0)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {name}"))?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log_path)
+        .with_context(|| format!("opening {}", log_path.display()))?;
+    let log = std::sync::Arc::new(std::sync::Mutex::new(log));
+    let color = std::io::stdout().is_terminal();
+    let streams: [Option<Box<dyn Read + Send>>; 2] = [
+        child
+            .stdout
+            .take()
+            .map(|s| Box::new(s) as Box<dyn Read + Send>),
+        child
+            .stderr
+            .take()
+            .map(|s| Box::new(s) as Box<dyn Read + Send>),
+    ];
+    for stream in streams.into_iter().flatten() {
+        let log = std::sync::Arc::clone(&log);
+        let label = label(name, color);
+        let log_name = log_path.display().to_string();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                if let Ok(mut file) = log.lock() {
+                    let _ = writeln!(file, "{line}");
+                }
+                if let Some(summary) = console_summary(&line, &log_name) {
+                    println!("{label} {summary}");
+                }
+            }
+        });
+    }
+    Ok(Running {
+        name: name.to_owned(),
+        child,
+    })
+}
+
+/// What of a broker log line the console shows: warnings, errors and panics, without colour
+/// codes, cut to one short line.
+fn console_summary(line: &str, log_name: &str) -> Option<String> {
+    const WIDTH: usize = 200;
+    let plain = strip_ansi(line);
+    let notable = plain.contains(" WARN ")
+        || plain.contains(" ERROR ")
+        || (plain.starts_with("thread ") && plain.contains("panicked"));
+    if !notable {
+        return None;
+    }
+    let plain = plain.trim();
+    if plain.chars().count() <= WIDTH {
+        return Some(plain.to_owned());
+    }
+    let cut: String = plain.chars().take(WIDTH).collect();
+    Some(format!("{cut}… (whole line in {log_name})"))
+}
+
+/// Removes terminal colour sequences (`ESC [ … letter`).
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            if chars.next() == Some('[') {
+                for c in chars.by_ref() {
+                    if c.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn label(name: &str, color: bool) -> String {
+    let palette = [32, 33, 34, 35, 36, 92, 93, 94];
+    let hue = palette[name.bytes().map(usize::from).sum::<usize>() % palette.len()];
+    if color {
+        format!("\x1b[{hue}m{name:>16}\x1b[0m |")
+    } else {
+        format!("{name:>16} |")
+    }
 }
 
 /// Starts a child in its own process group (so a terminal Ctrl-C reaches only xtask, which
@@ -308,13 +414,7 @@ fn spawn(name: &str, command: &mut Command) -> anyhow::Result<Running> {
 }
 
 fn prefix_lines(name: &str, stream: impl Read + Send + 'static, color: bool) {
-    let palette = [32, 33, 34, 35, 36, 92, 93, 94];
-    let hue = palette[name.bytes().map(usize::from).sum::<usize>() % palette.len()];
-    let label = if color {
-        format!("\x1b[{hue}m{name:>16}\x1b[0m |")
-    } else {
-        format!("{name:>16} |")
-    };
+    let label = label(name, color);
     std::thread::spawn(move || {
         for line in BufReader::new(stream).lines().map_while(Result::ok) {
             println!("{label} {line}");
@@ -355,4 +455,36 @@ fn signal(pid: u32, name: &str) {
         .arg(format!("-{name}"))
         .arg(pid.to_string())
         .status();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::console_summary;
+
+    #[test]
+    fn only_warnings_errors_and_panics_reach_the_console_on_one_short_line() {
+        let log = ".tributary/broker.log";
+        assert_eq!(console_summary("ready in 133ms", log), None);
+        assert_eq!(
+            console_summary("2026-11-23T12:19:17Z  INFO nisshi_broker: joined", log),
+            None
+        );
+        let error = "\u{1b}[2m2026-11-23T12:19:17.949223Z\u{1b}[0m \u{1b}[31mERROR\u{1b}[0m \
+                     storage: failed";
+        assert_eq!(
+            console_summary(error, log).as_deref(),
+            Some("2026-11-23T12:19:17.949223Z ERROR storage: failed")
+        );
+        let blob = format!("2026-11-23T12:19:17Z  WARN x: {}", "y".repeat(5000));
+        let summary = console_summary(&blob, log).unwrap();
+        assert!(summary.chars().count() < 300, "{summary}");
+        assert!(summary.ends_with("(whole line in .tributary/broker.log)"));
+        assert!(
+            console_summary(
+                "thread 'tokio-rt-worker' (1) panicked at src/x.rs:1:2:",
+                log
+            )
+            .is_some()
+        );
+    }
 }

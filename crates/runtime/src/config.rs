@@ -65,10 +65,6 @@ pub struct RuntimeConfig {
     /// refused with an error.
     #[arg(long = "kafka-config", env = "KAFKA_CONFIG", value_parser = parse_setting)]
     pub kafka_config: Vec<KafkaSetting>,
-    /// Settings applied after everything else and never checked: for tests that must work
-    /// around a dev-broker defect. Not reachable from flags or the environment.
-    #[arg(skip)]
-    pub unchecked_overrides: Vec<(String, String)>,
     /// Consumer group id (default: the service's name). Dead letters go to `<group>.dlq`.
     #[arg(long, env = "GROUP_ID")]
     pub group_id: Option<String>,
@@ -176,11 +172,6 @@ impl RuntimeConfig {
     ) -> Result<(), PropertyError> {
         for (k, v) in self.properties()? {
             if applies(&k) {
-                config.set(k, v);
-            }
-        }
-        for (k, v) in &self.unchecked_overrides {
-            if applies(k) {
                 config.set(k, v);
             }
         }

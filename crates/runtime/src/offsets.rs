@@ -35,6 +35,8 @@ pub struct OffsetTracker {
     /// start position).
     next: Option<i64>,
     committed: Option<i64>,
+    /// An asynchronous commit sent and not yet answered: (offset, when it was sent).
+    offered: Option<(i64, std::time::Instant)>,
     gaps: u64,
 }
 
@@ -85,9 +87,33 @@ impl OffsetTracker {
             .filter(|w| self.committed.is_none_or(|c| *w > c))
     }
 
-    /// Records a successful commit of `offset`.
+    /// The watermark to send in an asynchronous commit now: as [`to_commit`](Self::to_commit),
+    /// except while the same offset was offered less than `patience` ago and the broker
+    /// has not answered (its answer is awaited rather than commits piling up behind it).
+    pub fn to_offer(&self, now: std::time::Instant, patience: std::time::Duration) -> Option<i64> {
+        self.to_commit().filter(|&w| {
+            !matches!(self.offered, Some((o, at)) if o == w && now.duration_since(at) < patience)
+        })
+    }
+
+    /// Records that an asynchronous commit of `offset` was sent.
+    pub fn offered(&mut self, offset: i64, now: std::time::Instant) {
+        self.offered = Some((offset, now));
+    }
+
+    /// The broker refused a commit of `offset`: it may be offered again at once.
+    pub fn refused(&mut self, offset: i64) {
+        if self.offered.is_some_and(|(o, _)| o == offset) {
+            self.offered = None;
+        }
+    }
+
+    /// Records a successful commit of `offset` (confirmed by the broker).
     pub fn committed(&mut self, offset: i64) {
         self.committed = Some(self.committed.map_or(offset, |c| c.max(offset)));
+        if self.offered.is_some_and(|(o, _)| o <= offset) {
+            self.offered = None;
+        }
     }
 
     /// The last committed offset, as the tracker knows it.
@@ -151,6 +177,40 @@ mod tests {
         assert_eq!(t.to_commit(), Some(6));
         t.committed(6);
         assert_eq!(t.to_commit(), None);
+    }
+
+    #[test]
+    fn an_unanswered_offer_is_not_repeated_until_refused_or_overdue() {
+        let start = std::time::Instant::now();
+        let patience = std::time::Duration::from_secs(5);
+        let mut t = OffsetTracker::starting_at(Some(0));
+        t.begin(0).unwrap();
+        t.complete(0);
+        assert_eq!(t.to_offer(start, patience), Some(1));
+        t.offered(1, start);
+        assert_eq!(t.to_offer(start, patience), None, "awaiting the answer");
+        assert_eq!(t.to_commit(), Some(1), "not committed until confirmed");
+        t.refused(1);
+        assert_eq!(
+            t.to_offer(start, patience),
+            Some(1),
+            "refused: offered again"
+        );
+        t.offered(1, start);
+        assert_eq!(
+            t.to_offer(start + patience, patience),
+            Some(1),
+            "no answer within the patience: offered again"
+        );
+        t.begin(1).unwrap();
+        t.complete(1);
+        assert_eq!(
+            t.to_offer(start, patience),
+            Some(2),
+            "a newer watermark goes at once"
+        );
+        t.committed(2);
+        assert_eq!(t.to_offer(start, patience), None);
     }
 
     #[test]

@@ -18,6 +18,8 @@ use serde::Deserialize;
 
 /// How long one admin round trip may take before the apply fails.
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long comparing configs may take: it only informs a report.
+const DESCRIBE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why topics could not be read or applied.
 #[derive(Debug, thiserror::Error)]
@@ -252,10 +254,20 @@ pub async fn apply(
         .iter()
         .map(|t| ResourceSpecifier::Topic(&t.name))
         .collect();
+    // Configs are only compared, never changed: a cluster that will not describe them (no
+    // DescribeConfigs permission, or a broker without the API) leaves them unknown, and
+    // the topics are used all the same.
     let configs = if specifiers.is_empty() {
         Vec::new()
     } else {
-        admin.describe_configs(&specifiers, &options).await?
+        let options = AdminOptions::new().request_timeout(Some(DESCRIBE_TIMEOUT));
+        admin
+            .describe_configs(&specifiers, &options)
+            .await
+            .unwrap_or_else(|error| {
+                tracing::warn!(%error, "Cannot describe topic configs; reporting them unknown");
+                Vec::new()
+            })
     };
     for (i, spec) in present.iter().enumerate() {
         let before = report.differences.len();

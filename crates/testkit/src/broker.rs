@@ -1,6 +1,7 @@
-//! Starting, stopping and restarting a Tansu broker process for tests.
+//! Starting, stopping, killing and restarting a dev broker process (nisshi, or Tansu when
+//! an override points at one) for tests.
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -26,17 +27,18 @@ pub enum Storage {
 }
 
 impl Storage {
-    /// The `--storage-engine` URL, and the directory to run the broker in. Tansu 0.6 reads
-    /// `sqlite:///abs/path` as a path relative to its working directory, so the broker runs
-    /// in the database's directory and is given the bare file name.
+    /// The `--storage-engine` URL, and the directory to run the broker in. Both nisshi 0.8
+    /// and Tansu 0.6 read `sqlite:///abs/path` as a path relative to their working
+    /// directory, so the broker runs in the database's directory and is given the bare file
+    /// name.
     fn url_and_dir(&self, scratch: &Path) -> (String, PathBuf) {
         match self {
-            Storage::Memory => ("memory://tansu/".to_owned(), scratch.to_owned()),
+            Storage::Memory => ("memory://tributary/".to_owned(), scratch.to_owned()),
             Storage::Sqlite(path) => {
                 let file = path.file_name().map(|f| f.to_string_lossy().into_owned());
                 let dir = path.parent().filter(|p| !p.as_os_str().is_empty());
                 (
-                    format!("sqlite://{}", file.unwrap_or_else(|| "tansu.db".into())),
+                    format!("sqlite://{}", file.unwrap_or_else(|| "broker.db".into())),
                     dir.map_or_else(|| scratch.to_owned(), Path::to_owned),
                 )
             }
@@ -44,7 +46,7 @@ impl Storage {
     }
 }
 
-/// A running Tansu broker on a loopback port, stopped when dropped.
+/// A running dev broker on a loopback port, stopped when dropped.
 #[derive(Debug)]
 pub struct TestBroker {
     port: u16,
@@ -53,28 +55,80 @@ pub struct TestBroker {
     process: Option<Child>,
 }
 
-/// Finds the Tansu binary: `TANSU_BIN`, else `tansu` on `PATH`, else `~/.cargo/bin/tansu`.
-pub fn find_tansu() -> Result<PathBuf> {
-    if let Some(bin) = std::env::var_os("TANSU_BIN") {
-        let bin = PathBuf::from(bin);
-        return if bin.is_file() {
-            Ok(bin)
-        } else {
-            Err(TestkitError::TansuNotFound)
-        };
-    }
-    let on_path = std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
-        .map(|dir| dir.join("tansu"));
-    let in_cargo_home = std::env::var_os("CARGO_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
-        .map(|home| home.join("bin").join("tansu"));
-    on_path
-        .chain(in_cargo_home)
-        .find(|p| p.is_file())
-        .ok_or(TestkitError::TansuNotFound)
+/// Which dev broker a binary is: their command lines differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavour {
+    /// nisshi 0.8 (the default).
+    Nisshi,
+    /// Tansu 0.6 (nisshi's predecessor, still accepted through an override).
+    Tansu,
+}
+
+/// The dev broker binary and what it is.
+#[derive(Debug, Clone)]
+pub struct BrokerBin {
+    /// Its path.
+    pub path: PathBuf,
+    /// Which broker it is.
+    pub flavour: Flavour,
+}
+
+/// Finds the dev broker: `TRIB_BROKER_BIN`, else `TANSU_BIN` (the old name of the
+/// override), else `nisshi` on `PATH`, else `~/.cargo/bin/nisshi`. What it is comes from
+/// its `--version` (`nisshi 0.8.1`, `tansu 0.6.0`).
+pub fn find_broker() -> Result<BrokerBin> {
+    static FOUND: OnceLock<std::result::Result<BrokerBin, String>> = OnceLock::new();
+    FOUND
+        .get_or_init(|| locate().map_err(|e| e.to_string()))
+        .clone()
+        .map_err(TestkitError::BrokerNotFound)
+}
+
+fn locate() -> Result<BrokerBin> {
+    let overridden = ["TRIB_BROKER_BIN", "TANSU_BIN"]
+        .iter()
+        .find_map(|var| std::env::var_os(var).map(|bin| (*var, PathBuf::from(bin))));
+    let path = match overridden {
+        Some((_, bin)) if bin.is_file() => bin,
+        Some((var, bin)) => {
+            return Err(TestkitError::BrokerNotFound(format!(
+                "{var}={} is not a file",
+                bin.display()
+            )));
+        }
+        None => {
+            let on_path = std::env::var_os("PATH")
+                .into_iter()
+                .flat_map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
+                .map(|dir| dir.join("nisshi"));
+            let in_cargo_home = std::env::var_os("CARGO_HOME")
+                .map(PathBuf::from)
+                .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+                .map(|home| home.join("bin").join("nisshi"));
+            on_path
+                .chain(in_cargo_home)
+                .find(|p| p.is_file())
+                .ok_or_else(|| {
+                    TestkitError::BrokerNotFound(
+                        "no nisshi binary (TRIB_BROKER_BIN, PATH, ~/.cargo/bin)".into(),
+                    )
+                })?
+        }
+    };
+    let version = Command::new(&path).arg("--version").output()?;
+    let version = String::from_utf8_lossy(&version.stdout);
+    let flavour = match version.split_whitespace().next() {
+        Some("nisshi") => Flavour::Nisshi,
+        Some("tansu") => Flavour::Tansu,
+        _ => {
+            return Err(TestkitError::BrokerNotFound(format!(
+                "{} says {:?} to --version, not nisshi or tansu",
+                path.display(),
+                version.trim()
+            )));
+        }
+    };
+    Ok(BrokerBin { path, flavour })
 }
 
 fn free_port() -> Result<u16> {
@@ -91,7 +145,7 @@ impl TestBroker {
     /// Starts a broker with SQLite storage in a fresh directory, for tests that restart it.
     pub fn start_durable() -> Result<TestBroker> {
         let dir = scratch_dir()?;
-        let db = dir.join("tansu.db");
+        let db = dir.join("broker.db");
         TestBroker::start_in(Storage::Sqlite(db), dir)
     }
 
@@ -115,11 +169,9 @@ impl TestBroker {
     /// unique topic and group names. The process ends with the test binary: the watchdog
     /// sees its stdin close however the binary exits.
     ///
-    /// It stores to SQLite, not memory: Tansu 0.6's memory engine serves a fetch only from
-    /// whole batches whose base offset is at or after the requested offset, so a consumer
-    /// resuming from a committed offset inside a producer batch silently skips the rest of
-    /// that batch. Every test that restarts or rebalances a consumer would be testing that
-    /// bug instead of our code. SQLite stores records one by one and has no such gap.
+    /// It stores to SQLite: committed offsets and high watermarks are what the durable
+    /// engine reports, and tests that restart or rebalance consumers run on the storage
+    /// `cargo xtask up` uses.
     pub fn shared() -> &'static TestBroker {
         static SHARED: OnceLock<TestBroker> = OnceLock::new();
         SHARED.get_or_init(|| match TestBroker::start_durable() {
@@ -140,7 +192,7 @@ impl TestBroker {
 
     /// The broker's log file (its stdout and stderr).
     pub fn log_path(&self) -> PathBuf {
-        self.dir.join("tansu.log")
+        self.dir.join("broker.log")
     }
 
     /// Whether the broker process is running.
@@ -149,36 +201,56 @@ impl TestBroker {
     }
 
     fn launch(&mut self) -> Result<()> {
-        let tansu = find_tansu()?;
+        let bin = find_broker()?;
         let url = format!("tcp://127.0.0.1:{}", self.port);
         let (storage_url, run_dir) = self.storage.url_and_dir(&self.dir);
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.log_path())?;
-        // A tiny shell watchdog owns the broker: when our end of its stdin closes (drop,
-        // stop, or this process dying in any way, even SIGKILL), it stops the broker, so no
-        // test run leaves a broker behind.
-        let child = Command::new("sh")
+        // A tiny shell watchdog owns the broker: a `kill` line on its stdin SIGKILLs the
+        // broker (a crash, for tests); when our end of its stdin closes (drop, stop, or this
+        // process dying in any way, even SIGKILL), it stops the broker, so no test run leaves
+        // a broker behind.
+        let mut command = Command::new("sh");
+        command
             .arg("-c")
             .arg(
-                r#""$@" & pid=$!; read _closed; kill "$pid" 2>/dev/null;
+                r#""$@" & pid=$!;
+                   while read line; do [ "$line" = kill ] && kill -9 "$pid" 2>/dev/null; done;
+                   kill "$pid" 2>/dev/null;
                    (sleep 5; kill -9 "$pid" 2>/dev/null) & killer=$!;
-                   wait "$pid"; kill "$killer" 2>/dev/null"#,
+                   wait "$pid"; status=$?; kill "$killer" 2>/dev/null;
+                   echo "broker-watchdog: broker exited with status $status""#,
             )
-            .arg("tansu-watchdog")
-            .arg(&tansu)
+            .arg("broker-watchdog")
+            .arg(&bin.path)
             .arg("broker")
             .arg("--listener-url")
             .arg(&url)
             .arg("--advertised-listener-url")
             .arg(&url)
             .arg("--storage-engine")
-            .arg(storage_url)
+            .arg(storage_url);
+        if bin.flavour == Flavour::Nisshi {
+            // Kafka's default holds an empty group's first join for 3 s; a test group is
+            // formed by whoever joins first, and waiting would only slow every test.
+            command.args(["--group-initial-rebalance-delay", "0s"]);
+        }
+        for var in [
+            "STORAGE_ENGINE",
+            "LISTENER_URL",
+            "ADVERTISED_LISTENER_URL",
+            "CLUSTER_ID",
+            "GROUP_INITIAL_REBALANCE_DELAY",
+            "GROUP_POLL_INTERVAL",
+            "SCHEMA_REGISTRY",
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+        ] {
+            command.env_remove(var);
+        }
+        let child = command
             .current_dir(run_dir)
-            .env_remove("STORAGE_ENGINE")
-            .env_remove("LISTENER_URL")
-            .env_remove("ADVERTISED_LISTENER_URL")
             .stdin(Stdio::piped())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -215,6 +287,19 @@ impl TestBroker {
     /// Stops the broker (clients see it go away). Storage is kept for [`restart`](Self::restart).
     pub fn stop(&mut self) -> Result<()> {
         if let Some(mut child) = self.process.take() {
+            drop(child.stdin.take());
+            child.wait()?;
+        }
+        Ok(())
+    }
+
+    /// Kills the broker with SIGKILL, as a crash would: no flush, no clean close.
+    pub fn kill(&mut self) -> Result<()> {
+        if let Some(mut child) = self.process.take() {
+            if let Some(stdin) = child.stdin.as_mut() {
+                stdin.write_all(b"kill\n")?;
+                stdin.flush()?;
+            }
             drop(child.stdin.take());
             child.wait()?;
         }

@@ -1,15 +1,14 @@
-//! Test harness for Tributary: a real Tansu broker on a free loopback port, uniquely named
+//! Test harness for Tributary: a real dev broker (nisshi) on a free loopback port, uniquely named
 //! topics and groups per test, and helpers to produce envelopes and to consume until a
 //! condition holds within a deadline (never a bare sleep).
 //!
-//! The broker binary comes from `TANSU_BIN`, else `PATH`, else `~/.cargo/bin`;
-//! `cargo xtask test` installs it when it is missing. Client configs set
-//! `session.timeout.ms=6000` because Tansu's group join takes about half of it.
+//! The broker binary comes from `TRIB_BROKER_BIN` (or the older `TANSU_BIN`), else `nisshi`
+//! on `PATH`, else `~/.cargo/bin`; `cargo xtask test` installs it when it is missing.
 
 mod broker;
 mod clients;
 
-pub use broker::{Storage, TestBroker, find_tansu};
+pub use broker::{BrokerBin, Flavour, Storage, TestBroker, find_broker};
 pub use clients::{RawRecord, Record, send_waiting, unique_name};
 
 /// How long the dev broker may hold a fetch, in ms, in test and benchmark clients. The dev
@@ -24,12 +23,12 @@ pub const DEV_CLIENT_SETTING: &str = "fetch.wait.max.ms=5";
 /// What can go wrong while setting up a test.
 #[derive(Debug, thiserror::Error)]
 pub enum TestkitError {
-    /// No Tansu binary was found.
+    /// No usable dev broker binary was found.
     #[error(
-        "no tansu binary found (TANSU_BIN, PATH, ~/.cargo/bin); run `cargo xtask test`, which \
-         installs it, or `cargo install tansu --version 0.6.0 --locked --features dynostore,libsql`"
+        "dev broker: {0}; run `cargo xtask test`, which installs it, or `cargo install nisshi \
+         --version 0.8.1 --locked --ignore-rust-version`"
     )]
-    TansuNotFound,
+    BrokerNotFound(String),
     /// The broker process could not be started or stopped.
     #[error("broker process: {0}")]
     Process(#[from] std::io::Error),

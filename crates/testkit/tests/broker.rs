@@ -74,6 +74,28 @@ async fn a_durable_broker_keeps_its_records_across_a_restart() {
     assert_eq!(records[0].key_str(), Some("p-1"));
 }
 
+#[test]
+fn kill_is_a_sigkill_and_stop_is_not() {
+    let mut broker = TestBroker::start_durable().unwrap();
+    let log = broker.log_path();
+    let exits = || {
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .lines()
+            .filter_map(|l| l.strip_prefix("broker-watchdog: broker exited with status "))
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    broker.stop().unwrap();
+    assert_eq!(exits().len(), 1);
+    assert_ne!(exits()[0], "137", "stop lets the broker shut down");
+    broker.restart().unwrap();
+    broker.kill().unwrap();
+    assert!(!broker.is_running());
+    // 128 + 9: the shell's report of a child ended by SIGKILL.
+    assert_eq!(exits().get(1).map(String::as_str), Some("137"));
+}
+
 #[tokio::test]
 async fn consuming_gives_up_at_the_deadline_with_what_it_saw() {
     let broker = TestBroker::shared();

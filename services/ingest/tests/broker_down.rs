@@ -14,9 +14,6 @@ async fn a_stopped_broker_means_503_and_not_ready_until_it_returns() {
     let mut broker = TestBroker::start_durable().unwrap();
     let mut cfg = config(&broker);
     cfg.publish_timeout_ms = 1_500;
-    // Tansu 0.6 (SQLite) panics when an idempotent producer id from before a restart
-    // produces again; real Kafka does not. Test our handling, not that bug.
-    cfg.runtime.unchecked_overrides = vec![("enable.idempotence".into(), "false".into())];
     let api = start(&broker, cfg).await;
     let post = || {
         api.http

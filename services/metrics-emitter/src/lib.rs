@@ -7,7 +7,6 @@ pub mod business;
 pub mod config;
 pub mod monitor;
 pub mod rules;
-pub mod wire;
 
 use std::sync::{Arc, RwLock};
 

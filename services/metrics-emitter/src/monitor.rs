@@ -13,13 +13,9 @@ use tributary_runtime::rdkafka::{Offset, TopicPartitionList};
 
 use crate::assignment;
 use crate::rules::{self, Membership, Observation, Status};
-use crate::wire;
 
 /// How long one request to the cluster may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// After DescribeGroups failed at a broker, intervals until it is asked again.
-const DESCRIBE_RETRY_EVERY: u32 = 30;
 
 /// Metric names (before the configured prefix).
 pub mod names {
@@ -43,8 +39,8 @@ pub struct GroupLag {
     pub group: String,
     /// The worst of its partitions' statuses (ERR when the group could not be read).
     pub status: Status,
-    /// Active members when last read; `null` when the broker cannot say.
-    pub members: Option<usize>,
+    /// Active members when last read.
+    pub members: usize,
     /// Why the group could not be read (ERR only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -73,16 +69,16 @@ pub struct PartitionLag {
 #[derive(Debug, Clone)]
 struct GroupInfo {
     name: String,
-    members: Option<usize>,
+    members: usize,
     assigned: BTreeSet<(String, i32)>,
 }
 
 impl GroupInfo {
     fn membership(&self) -> Membership {
-        match self.members {
-            Some(0) => Membership::Empty,
-            Some(_) => Membership::Active,
-            None => Membership::Unknown,
+        if self.members == 0 {
+            Membership::Empty
+        } else {
+            Membership::Active
         }
     }
 }
@@ -97,10 +93,6 @@ pub struct LagMonitor {
     /// subscribes, so it never joins the group or commits).
     readers: HashMap<String, BaseConsumer>,
     history: HashMap<(String, String, i32), VecDeque<Observation>>,
-    /// Intervals to skip the client library's group listing after it failed.
-    library_backoff: u32,
-    /// Per broker: intervals to skip DescribeGroups after it failed.
-    describe_backoff: HashMap<String, u32>,
     last: LagReport,
 }
 
@@ -124,8 +116,6 @@ impl LagMonitor {
             cluster,
             readers: HashMap::new(),
             history: HashMap::new(),
-            library_backoff: 0,
-            describe_backoff: HashMap::new(),
             last: LagReport::default(),
         })
     }
@@ -156,130 +146,29 @@ impl LagMonitor {
         report
     }
 
-    /// Every group with its members. The client library's call (ListGroups, then
-    /// DescribeGroups at each coordinator) is tried first; when it fails or finds nothing,
-    /// each broker is asked directly, and a broker that lists groups but cannot describe
-    /// them (Tansu 0.6 with SQLite storage) yields groups of unknown membership.
+    /// Every group with its members (ListGroups, then DescribeGroups at each coordinator).
+    /// A broker that describes members without their assignments (the dev broker) yields
+    /// groups whose partitions are known from their commits only.
     fn read_groups(&mut self) -> Result<Vec<GroupInfo>, String> {
-        let library = if self.library_backoff > 0 {
-            self.library_backoff -= 1;
-            Err(KafkaError::Canceled)
-        } else {
-            self.cluster.fetch_group_list(None, REQUEST_TIMEOUT)
-        };
-        if library.is_err() && self.library_backoff == 0 {
-            // It will most likely fail again (the broker cannot describe groups), and a
-            // failing request costs this client its connection: ask again later.
-            self.library_backoff = DESCRIBE_RETRY_EVERY;
-        }
-        let library_error = match library {
-            Ok(list) if !list.groups().is_empty() => {
-                return Ok(list
-                    .groups()
-                    .iter()
-                    .map(|g| GroupInfo {
-                        name: g.name().to_owned(),
-                        members: Some(g.members().len()),
-                        assigned: if g.protocol_type() == "consumer" {
-                            g.members()
-                                .iter()
-                                .filter_map(|m| m.assignment())
-                                .flat_map(assignment::parse)
-                                .collect()
-                        } else {
-                            BTreeSet::new()
-                        },
-                    })
-                    .collect());
-            }
-            Ok(_) => None,
-            Err(e) => Some(e.to_string()),
-        };
-        let plaintext = self
-            .base
-            .get("security.protocol")
-            .is_none_or(|p| p.eq_ignore_ascii_case("plaintext"));
-        if !plaintext {
-            // The direct path speaks plaintext only.
-            return match library_error {
-                Some(e) => Err(e),
-                None => Ok(Vec::new()),
-            };
-        }
-        let brokers: Vec<String> = self
+        let list = self
             .cluster
-            .fetch_metadata(None, REQUEST_TIMEOUT)
-            .map_err(|e| e.to_string())?
-            .brokers()
+            .fetch_group_list(None, REQUEST_TIMEOUT)
+            .map_err(|e| e.to_string())?;
+        Ok(list
+            .groups()
             .iter()
-            .map(|b| format!("{}:{}", b.host(), b.port()))
-            .collect();
-        let mut groups = Vec::new();
-        let mut errors = Vec::new();
-        for broker in brokers {
-            match self.groups_at(&broker) {
-                Ok(found) => groups.extend(found),
-                Err(e) => errors.push(format!("{broker}: {e}")),
-            }
-        }
-        if groups.is_empty() && !errors.is_empty() {
-            return Err(errors.join("; "));
-        }
-        groups.sort_by(|a, b| a.name.cmp(&b.name));
-        groups.dedup_by(|a, b| a.name == b.name);
-        Ok(groups)
-    }
-
-    /// The groups `broker` coordinates, described when it can.
-    fn groups_at(&mut self, broker: &str) -> std::io::Result<Vec<GroupInfo>> {
-        let listed = wire::Connection::open(broker, REQUEST_TIMEOUT)?.list_groups()?;
-        if listed.is_empty() {
-            return Ok(Vec::new());
-        }
-        let names: Vec<String> = listed.iter().map(|l| l.group.clone()).collect();
-        let backing_off = match self.describe_backoff.get_mut(broker) {
-            Some(left) if *left > 0 => {
-                *left -= 1;
-                true
-            }
-            _ => false,
-        };
-        let described = if backing_off {
-            None
-        } else {
-            // A fresh connection: a broker that fails the request may drop it.
-            let result = wire::Connection::open(broker, REQUEST_TIMEOUT)
-                .and_then(|mut c| c.describe_groups(&names));
-            match result {
-                Ok(d) => Some(d),
-                Err(e) => {
-                    tracing::debug!(%broker, error = %e, "DescribeGroups failed; membership unknown");
-                    // Ask again now and then, not every interval: it will likely fail again.
-                    self.describe_backoff
-                        .insert(broker.to_owned(), DESCRIBE_RETRY_EVERY);
-                    None
-                }
-            }
-        };
-        Ok(listed
-            .into_iter()
-            .map(|l| {
-                let description = described
-                    .as_ref()
-                    .and_then(|d| d.iter().find(|d| d.group == l.group && d.error_code == 0));
-                GroupInfo {
-                    members: description.map(|d| d.assignments.len()),
-                    assigned: description
-                        .filter(|d| d.protocol_type == "consumer")
-                        .map(|d| {
-                            d.assignments
-                                .iter()
-                                .flat_map(|a| assignment::parse(a))
-                                .collect()
-                        })
-                        .unwrap_or_default(),
-                    name: l.group,
-                }
+            .map(|g| GroupInfo {
+                name: g.name().to_owned(),
+                members: g.members().len(),
+                assigned: if g.protocol_type() == "consumer" {
+                    g.members()
+                        .iter()
+                        .filter_map(|m| m.assignment())
+                        .flat_map(assignment::parse)
+                        .collect()
+                } else {
+                    BTreeSet::new()
+                },
             })
             .collect())
     }

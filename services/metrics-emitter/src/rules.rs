@@ -19,7 +19,9 @@ pub enum Status {
     /// while there was lag: a consumer is stuck (or stopped committing).
     #[serde(rename = "STALL")]
     Stall,
-    /// Nobody consumes: the group has no active member while there is lag.
+    /// Nobody consumes: the group has no active member and its committed offset stands
+    /// still while there is lag. (A group that commits without joining, as consumers with
+    /// manual assignment do, is judged by its offsets like any other.)
     #[serde(rename = "STOP")]
     Stop,
     /// The committed offset went backwards within the window (a reset or replay).
@@ -63,8 +65,6 @@ pub enum Membership {
     Active,
     /// The group has no member.
     Empty,
-    /// The broker could not say (it does not answer `DescribeGroups`).
-    Unknown,
 }
 
 /// One reading of a group-partition.
@@ -89,9 +89,8 @@ impl Observation {
 /// consumer is not judged on two readings; STOP and REWIND are facts and need none.
 ///
 /// Committed offsets alone cannot tell a member committing the same offset (STALL) from
-/// nobody committing (STOP): membership does. When the broker cannot report membership,
-/// an offset that did not move across a full window with lag is reported as STOP, the
-/// reading that asks an operator to look at the consumer either way.
+/// nobody committing (STOP): membership does. An empty group with lag is STOP at once, as
+/// long as its offset is not moving (someone may commit for it without joining).
 pub fn evaluate(window: &[Observation], capacity: usize, members: Membership) -> Status {
     let Some(last) = window.last() else {
         return Status::Ok;
@@ -99,7 +98,8 @@ pub fn evaluate(window: &[Observation], capacity: usize, members: Membership) ->
     if window.windows(2).any(|w| w[1].committed < w[0].committed) {
         return Status::Rewind;
     }
-    if last.lag() > 0 && members == Membership::Empty {
+    let moving = window.len() >= 2 && window[window.len() - 2].committed != last.committed;
+    if last.lag() > 0 && members == Membership::Empty && !moving {
         return Status::Stop;
     }
     if window.iter().any(|o| o.lag() == 0) {
@@ -112,7 +112,7 @@ pub fn evaluate(window: &[Observation], capacity: usize, members: Membership) ->
     if window.iter().all(|o| o.committed == first.committed) {
         return match members {
             Membership::Active => Status::Stall,
-            Membership::Empty | Membership::Unknown => Status::Stop,
+            Membership::Empty => Status::Stop,
         };
     }
     let never_shrank = window.windows(2).all(|w| w[1].lag() >= w[0].lag());
@@ -198,12 +198,20 @@ mod tests {
     }
 
     #[test]
-    fn without_membership_an_offset_that_does_not_move_is_stop_after_a_full_window() {
-        let w = window(&[(10, 20), (10, 20), (10, 25)]);
-        assert_eq!(evaluate(&w[..2], 3, Membership::Unknown), Status::Ok);
-        assert_eq!(evaluate(&w, 3, Membership::Unknown), Status::Stop);
-        let moving = window(&[(10, 20), (15, 30), (20, 40)]);
-        assert_eq!(evaluate(&moving, 3, Membership::Unknown), Status::Warn);
+    fn an_empty_group_whose_offsets_move_is_judged_by_its_offsets() {
+        // Committed by a consumer with manual assignment, which never joins the group.
+        let falling_behind = window(&[(10, 20), (15, 30), (20, 40)]);
+        assert_eq!(
+            evaluate(&falling_behind[..2], 3, Membership::Empty),
+            Status::Ok
+        );
+        assert_eq!(
+            evaluate(&falling_behind, 3, Membership::Empty),
+            Status::Warn
+        );
+        // Once it stops moving, it is STOP.
+        let stopped = window(&[(10, 20), (15, 30), (15, 30)]);
+        assert_eq!(evaluate(&stopped, 3, Membership::Empty), Status::Stop);
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The real binary stopped mid-stream: SIGTERM exits 0 within the deadline and commits
 //! exactly what it counted, so totals after a restart are exact; after SIGKILL they may
-//! exceed the truth (records re-read) but never fall short (ignored: see its attribute).
+//! exceed the truth (records re-read) but never fall short.
 
 mod common;
 
@@ -17,9 +17,9 @@ use tributary_runtime::rdkafka::{Offset, TopicPartitionList};
 use tributary_testkit::{RawRecord, TestBroker, send_waiting, unique_name};
 
 const PARTITIONS: i32 = 3;
-/// Enough to stop the first run mid-stream; Tansu 0.6's SQLite engine stalls consumers of
-/// much larger backlogs (see docs/architecture.md).
-const EVENTS: usize = 4_000;
+/// Enough that the first run is stopped mid-stream, and that the restart reads a backlog of
+/// thousands of header-carrying records from durable storage.
+const EVENTS: usize = 20_000;
 
 /// The child process, killed if the test fails before it stopped.
 struct Emitter(Child);
@@ -40,21 +40,15 @@ fn spawn(broker: &TestBroker, agent: &Agent, group: &str) -> Emitter {
         .env("SESSION_TIMEOUT_MS", "6000")
         .env("COMMIT_INTERVAL_MS", "200")
         .env("SHUTDOWN_TIMEOUT_MS", "10000")
-        // The rebalance timeout follows max.poll.interval.ms (5 min by default); Tansu can wait
-        // that long for a SIGKILLed member to rejoin before the replacement gets partitions.
-        // The runtime's poll thread never waits on processing, so 15 s is plenty.
+        // The rebalance timeout follows max.poll.interval.ms (5 min by default): a rebalance
+        // waits that long for a known member that has not rejoined. The runtime's poll thread
+        // never waits on processing, so 15 s is plenty.
         .env(
             "KAFKA_CONFIG",
             format!(
                 "max.poll.interval.ms=15000;{}",
                 tributary_testkit::DEV_CLIENT_SETTING
             ),
-        )
-        .env(
-            "LAG_INTERVAL_MS",
-            // The lag monitor is not under test here, and on Tansu with SQLite each of its
-            // group listings makes the broker fail a DescribeGroups: keep it out of the way.
-            std::env::var("CHILD_LAG").unwrap_or_else(|_| "600000".into()),
         )
         .env(
             "RUST_LOG",
@@ -179,8 +173,7 @@ fn committed_total(broker: &TestBroker, group: &str) -> i64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigterm_then_restart_counts_exactly() {
-    // SQLite storage: a restarted consumer resumes inside record batches, which Tansu's
-    // memory engine mishandles.
+    // SQLite storage: what a restart reads is what the durable engine serves.
     // Leaked so a producing task can borrow it; its watchdog stops it with this process.
     let broker: &'static TestBroker = Box::leak(Box::new(TestBroker::start_durable().unwrap()));
     for topic in topics::ALL {
@@ -228,10 +221,6 @@ async fn sigterm_then_restart_counts_exactly() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "Tansu 0.6 never re-assigns the partitions of a SIGKILLed member to a \
-            replacement that joined within its session (bare-client reproduction: \
-            docs/repro/dead_member_rejoin.py; docs/architecture.md); runs once the dev \
-            broker moves to nisshi (issue 10)"]
 async fn sigkill_then_restart_never_undercounts() {
     let broker: &'static TestBroker = Box::leak(Box::new(TestBroker::start_durable().unwrap()));
     for topic in topics::ALL {

@@ -387,8 +387,23 @@ impl<P: Processor> Shared<P> {
         );
         let mut tpl = TopicPartitionList::new();
         let mut offsets = Vec::new();
+        let now = Instant::now();
+        // An interval commit is asynchronous, and librdkafka answers a manual asynchronous
+        // commit to no callback unless an `offset_commit_cb` is configured (rust-rdkafka
+        // configures none): it is counted only once a synchronous commit confirms it, and
+        // an unchanged watermark is offered again every few intervals (a refused commit is
+        // repaired; an away coordinator does not get a commit queued at every interval). A
+        // handover or shutdown commit is synchronous and always sent.
+        let patience = self.settings.commit_interval * 3;
         for part in &parts {
-            if let Some(offset) = part.tracker().to_commit() {
+            let offer = {
+                let tracker = part.tracker();
+                match mode {
+                    CommitMode::Async => tracker.to_offer(now, patience),
+                    CommitMode::Sync => tracker.to_commit(),
+                }
+            };
+            if let Some(offset) = offer {
                 if tpl
                     .add_partition_offset(&part.id.topic, part.id.partition, Offset::Offset(offset))
                     .is_ok()
@@ -402,12 +417,13 @@ impl<P: Processor> Shared<P> {
         }
         let started = Instant::now();
         match consumer.commit(&tpl, mode) {
+            // Counted once the broker confirms it (`committed`, from the commit callback),
+            // never when sent: a commit the group refuses (a rebalance moved its generation
+            // on) must leave the offset to be committed again, above all by the
+            // synchronous commit of a handover.
             Ok(()) if matches!(mode, CommitMode::Async) => {
-                // Counted as committed once sent: librdkafka reports an asynchronous
-                // commit's result to no callback of ours without a reply queue. A lost
-                // one means re-reading a little after a restart, never skipping.
                 for (part, offset) in offsets {
-                    part.tracker().committed(offset);
+                    part.tracker().offered(offset, now);
                 }
             }
             Ok(()) => {
@@ -423,8 +439,33 @@ impl<P: Processor> Shared<P> {
         }
     }
 
-    /// The broker confirmed an asynchronous commit.
+    /// The broker answered an asynchronous commit: count the partitions it accepted; the
+    /// ones it refused are offered again at the next interval.
     pub(crate) fn committed(&self, offsets: &TopicPartitionList) {
+        let table = self.table();
+        for elem in offsets.elements() {
+            let (Offset::Offset(offset), Some(slot)) = (
+                elem.offset(),
+                table.iter().find(|s| {
+                    s.part.id.partition == elem.partition() && *s.part.id.topic == *elem.topic()
+                }),
+            ) else {
+                continue;
+            };
+            match elem.error() {
+                Ok(()) => slot.part.tracker().committed(offset),
+                Err(e) => {
+                    counter!(names::ERRORS, "kind" => "commit").increment(1);
+                    tracing::debug!(partition = %slot.part.id, error = %e, "Commit refused; offered again");
+                    slot.part.tracker().refused(offset);
+                }
+            }
+        }
+    }
+
+    /// The broker refused a whole asynchronous commit: every offset in it may be offered
+    /// again at once.
+    pub(crate) fn refused(&self, offsets: &TopicPartitionList) {
         let table = self.table();
         for elem in offsets.elements() {
             if let (Offset::Offset(offset), Some(slot)) = (
@@ -433,12 +474,11 @@ impl<P: Processor> Shared<P> {
                     s.part.id.partition == elem.partition() && *s.part.id.topic == *elem.topic()
                 }),
             ) {
-                slot.part.tracker().committed(offset);
+                slot.part.tracker().refused(offset);
             }
         }
     }
 
-    /// Publishes every partition's status to `/status`, `/readyz` and the lag gauges.
     pub(crate) fn publish_status(&self) {
         let mut statuses: Vec<PartitionStatus> = self
             .table()

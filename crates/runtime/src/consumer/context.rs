@@ -95,6 +95,7 @@ impl<P: Processor> ConsumerContext for LoopContext<P> {
             Err(e) => {
                 counter!(names::ERRORS, "kind" => "commit").increment(1);
                 tracing::warn!(error = %e, "Commit failed; retrying at the next interval");
+                self.shared.refused(offsets);
             }
         }
     }
