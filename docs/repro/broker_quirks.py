@@ -10,6 +10,8 @@ checked with a bare client and printed as one line.
    (member count, each member's assignment).
 5. resume inside a batch: a group commits an offset in the middle of a producer batch,
    and a new member of the group must read on from exactly there.
+6. long poll: how long a record produced to a caught-up consumer (fetch.wait.max.ms=500)
+   takes to arrive. A broker that answers a held fetch when data arrives: milliseconds.
 
 Usage: broker_quirks.py BOOTSTRAP
 """
@@ -142,7 +144,34 @@ def resume_inside_batch():
           f"first record read: {first}")
 
 
-for check in (auto_create, configs, groups, resume_inside_batch, fetch_hold):
+def long_poll():
+    topic = "poll-" + uuid.uuid4().hex[:8]
+    create(topic, 1)
+    c = Consumer({"bootstrap.servers": boot, "group.id": "poll-" + uuid.uuid4().hex,
+                  "auto.offset.reset": "latest", "fetch.wait.max.ms": 500})
+    c.subscribe([topic])
+    deadline = time.time() + 30
+    while not c.assignment() and time.time() < deadline:
+        c.poll(0.1)
+    for _ in range(10):  # settle into the steady fetch loop
+        c.poll(0.1)
+    p = Producer({"bootstrap.servers": boot, "linger.ms": 0})
+    delays = []
+    for _ in range(10):
+        sent = time.time()
+        p.produce(topic, b"x")
+        p.flush(5)
+        m = None
+        while m is None or m.error() is not None:
+            m = c.poll(1.0)
+        delays.append((time.time() - sent) * 1000)
+    c.close()
+    delays.sort()
+    print(f"6. long poll: produce-to-consume with fetch.wait.max.ms=500, 10 records: "
+          f"median {delays[5]:.0f} ms, max {delays[-1]:.0f} ms")
+
+
+for check in (long_poll, auto_create, configs, groups, resume_inside_batch, fetch_hold):
     try:
         check()
     except Exception as e:  # noqa: BLE001

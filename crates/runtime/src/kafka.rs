@@ -52,6 +52,11 @@ pub const PROTECTED: &[(&str, &str)] = &[
         "group.instance.id",
         "set static membership with GROUP_INSTANCE_ID (--group-instance-id)",
     ),
+    (
+        "check.crcs",
+        "librdkafka skips a record that fails its CRC check with only an error event, and the \
+         offsets after it would be committed over it",
+    ),
 ];
 
 /// Parses librdkafka properties in the `KAFKA_CONFIG` form.
@@ -210,6 +215,7 @@ mod tests {
             "isolation.level",
             "enable.idempotence",
             "acks",
+            "check.crcs",
         ] {
             let pairs = parse_properties(&format!("linger.ms=5,{key}=x")).unwrap();
             let error = check_unprotected(&pairs).unwrap_err();

@@ -88,8 +88,9 @@ impl OffsetTracker {
     }
 
     /// The watermark to send in an asynchronous commit now: as [`to_commit`](Self::to_commit),
-    /// except while the same offset was offered less than `patience` ago and the broker
-    /// has not answered (its answer is awaited rather than commits piling up behind it).
+    /// except while the same offset was offered less than `patience` ago (an asynchronous
+    /// commit is never confirmed to us, so an unchanged watermark is offered again only now
+    /// and then, not at every interval).
     pub fn to_offer(&self, now: std::time::Instant, patience: std::time::Duration) -> Option<i64> {
         self.to_commit().filter(|&w| {
             !matches!(self.offered, Some((o, at)) if o == w && now.duration_since(at) < patience)
@@ -99,13 +100,6 @@ impl OffsetTracker {
     /// Records that an asynchronous commit of `offset` was sent.
     pub fn offered(&mut self, offset: i64, now: std::time::Instant) {
         self.offered = Some((offset, now));
-    }
-
-    /// The broker refused a commit of `offset`: it may be offered again at once.
-    pub fn refused(&mut self, offset: i64) {
-        if self.offered.is_some_and(|(o, _)| o == offset) {
-            self.offered = None;
-        }
     }
 
     /// Records a successful commit of `offset` (confirmed by the broker).
@@ -180,7 +174,7 @@ mod tests {
     }
 
     #[test]
-    fn an_unanswered_offer_is_not_repeated_until_refused_or_overdue() {
+    fn an_unconfirmed_offer_is_repeated_only_when_overdue_or_overtaken() {
         let start = std::time::Instant::now();
         let patience = std::time::Duration::from_secs(5);
         let mut t = OffsetTracker::starting_at(Some(0));
@@ -188,19 +182,12 @@ mod tests {
         t.complete(0);
         assert_eq!(t.to_offer(start, patience), Some(1));
         t.offered(1, start);
-        assert_eq!(t.to_offer(start, patience), None, "awaiting the answer");
+        assert_eq!(t.to_offer(start, patience), None, "sent a moment ago");
         assert_eq!(t.to_commit(), Some(1), "not committed until confirmed");
-        t.refused(1);
-        assert_eq!(
-            t.to_offer(start, patience),
-            Some(1),
-            "refused: offered again"
-        );
-        t.offered(1, start);
         assert_eq!(
             t.to_offer(start + patience, patience),
             Some(1),
-            "no answer within the patience: offered again"
+            "unconfirmed after the patience: offered again"
         );
         t.begin(1).unwrap();
         t.complete(1);

@@ -133,6 +133,7 @@ pub async fn start<P: Processor>(
         max_backoff: Duration::from_millis(config.max_backoff_ms),
         commit_interval: Duration::from_millis(config.commit_interval_ms.max(10)),
         shutdown_timeout: config.shutdown_timeout(),
+        static_member: config.group_instance_id.is_some(),
     };
     let task_health = health.clone();
     let task = tokio::spawn(async move {

@@ -249,3 +249,62 @@ async fn a_second_consumer_joining_loses_nothing_and_repeats_nothing() {
     a.wait().await.unwrap();
     b.wait().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_static_member_restarted_within_its_session_gets_its_partitions_back_without_a_rebalance()
+{
+    let broker = TestBroker::shared();
+    let topic = broker.create_topic("rt-static", 6).await.unwrap();
+    let group = unique_group("rt-static-group");
+    // Eager rebalancing: any rebalance at all would revoke every partition of the other
+    // member, so "nothing revoked" proves there was none (under cooperative-sticky the
+    // other member could sit through a rebalance untouched).
+    let member = |id: &str| {
+        let mut config = config(broker, &group);
+        config.group_instance_id = Some(id.to_owned());
+        config
+            .kafka_config
+            .push("partition.assignment.strategy=range".into());
+        config
+    };
+    let first = Recorder::default();
+    let (a, stop_a) = start(member("pod-0"), &[&topic], first.clone()).await;
+    let second = Recorder::default();
+    let (b, stop_b) = start(member("pod-1"), &[&topic], second.clone()).await;
+    eventually(
+        "both members own partitions",
+        Duration::from_secs(60),
+        || {
+            !first.owned().is_empty()
+                && !second.owned().is_empty()
+                && first.owned().len() + second.owned().len() == 6
+        },
+    )
+    .await;
+    let before = first.owned();
+    let kept = second.owned();
+    let revoked_so_far = second.revoked.lock().unwrap().len();
+
+    // pod-0 stops (a static member leaves no group on close) and comes back at once.
+    stop_a.trigger();
+    a.wait().await.unwrap();
+    let again = Recorder::default();
+    let (a2, stop_a2) = start(member("pod-0"), &[&topic], again.clone()).await;
+    eventually(
+        "the restarted member owns its partitions again",
+        Duration::from_secs(30),
+        || again.owned() == before,
+    )
+    .await;
+    let revoked_since = second.revoked.lock().unwrap()[revoked_so_far..].to_vec();
+    assert!(
+        revoked_since.is_empty(),
+        "the other member kept its partitions throughout: revoked {revoked_since:?}"
+    );
+    assert_eq!(second.owned(), kept);
+
+    stop_a2.trigger();
+    stop_b.trigger();
+    a2.wait().await.unwrap();
+    b.wait().await.unwrap();
+}

@@ -44,6 +44,29 @@ pub(crate) struct Slot {
     pub(crate) fetch: Fetch,
 }
 
+/// How many times a synchronous (handover or shutdown) commit is retried.
+const HANDOVER_COMMIT_RETRIES: u32 = 3;
+
+/// Whether a failed commit may succeed if sent again to the same group generation.
+fn commit_retriable(error: &KafkaError) -> bool {
+    use RDKafkaErrorCode as C;
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            C::CoordinatorLoadInProgress
+                | C::CoordinatorNotAvailable
+                | C::NotCoordinator
+                | C::RequestTimedOut
+                | C::NetworkException
+                | C::BrokerTransportFailure
+                | C::WaitingForCoordinator
+        )
+    )
+}
+
+/// How long aborted partition tasks get to reach their next await and end.
+const ABORT_GRACE: Duration = Duration::from_secs(5);
+
 fn one(id: &PartitionId) -> TopicPartitionList {
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition(&id.topic, id.partition);
@@ -153,7 +176,9 @@ impl<P: Processor> Shared<P> {
         }
         let tpl = &new;
         if let Err(e) = consumer.pause(tpl) {
-            tracing::error!(error = %e, "Cannot pause newly assigned partitions");
+            // Unpaused, they would be processed before `on_assigned` returns (and before a
+            // seek it asks for): stop rather than break that promise.
+            self.fail(format!("cannot pause newly assigned partitions: {e}"));
         }
         // The committed offsets seed each partition's position: status and lag are right
         // before the first message, and the tracker knows where the stream starts.
@@ -295,6 +320,16 @@ impl<P: Processor> Shared<P> {
         }
         self.stop_partitions(&revoked, "revocation");
         if lost {
+            // What they handed to the producer and was not acknowledged would otherwise be
+            // retried for up to `message.timeout.ms`, landing after the new owner's outputs.
+            // (Other partitions' senders see their purged records fail and send them again,
+            // in order: duplicates, never loss.)
+            rdkafka::producer::Producer::purge(
+                &self.producer,
+                rdkafka::producer::PurgeConfig::default().queue().inflight(),
+            );
+        }
+        if lost {
             // The group already gave these partitions to someone else: a commit would be
             // refused, and the watermarks stay where the last commit left them.
             tracing::warn!("Assignment lost (session or poll interval expired); not committing");
@@ -332,6 +367,24 @@ impl<P: Processor> Shared<P> {
             }
             for abort in &aborts {
                 abort.abort();
+            }
+            // An aborted task stops at its next await; until then it could still hand a
+            // record to the producer. Wait for every one to end (their senders refuse to
+            // send once abandoned, so this is short) before purging what they queued.
+            let ended = self.runtime.block_on(async {
+                let ends = aborts.iter().map(|abort| async move {
+                    while !abort.is_finished() {
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                });
+                tokio::time::timeout(ABORT_GRACE, futures_util::future::join_all(ends))
+                    .await
+                    .is_ok()
+            });
+            if !ended {
+                tracing::error!(
+                    "A partition task did not end within {ABORT_GRACE:?} of being aborted (processing that never awaits?)"
+                );
             }
             rdkafka::producer::Producer::purge(
                 &self.producer,
@@ -416,11 +469,25 @@ impl<P: Processor> Shared<P> {
             return;
         }
         let started = Instant::now();
-        match consumer.commit(&tpl, mode) {
-            // Counted once the broker confirms it (`committed`, from the commit callback),
-            // never when sent: a commit the group refuses (a rebalance moved its generation
-            // on) must leave the offset to be committed again, above all by the
-            // synchronous commit of a handover.
+        let mut result = consumer.commit(&tpl, mode);
+        // A handover or shutdown commit is the next owner's starting point: ride out a
+        // coordinator that is moving or loading, a few times, rather than leave the next
+        // owner to re-process what was done.
+        let mut retries = 0;
+        while matches!(mode, CommitMode::Sync) && retries < HANDOVER_COMMIT_RETRIES {
+            let Err(e) = &result else { break };
+            if !commit_retriable(e) {
+                break;
+            }
+            retries += 1;
+            tracing::info!(error = %e, retry = retries, "Handover commit failed; retrying");
+            std::thread::sleep(Duration::from_millis(100 * u64::from(retries)));
+            result = consumer.commit(&tpl, mode);
+        }
+        match result {
+            // An asynchronous commit is counted only once a synchronous one confirms it:
+            // librdkafka answers it to no callback of ours, and one the group refused (a
+            // rebalance moved its generation on) must not stand in for the handover commit.
             Ok(()) if matches!(mode, CommitMode::Async) => {
                 for (part, offset) in offsets {
                     part.tracker().offered(offset, now);
@@ -439,46 +506,6 @@ impl<P: Processor> Shared<P> {
         }
     }
 
-    /// The broker answered an asynchronous commit: count the partitions it accepted; the
-    /// ones it refused are offered again at the next interval.
-    pub(crate) fn committed(&self, offsets: &TopicPartitionList) {
-        let table = self.table();
-        for elem in offsets.elements() {
-            let (Offset::Offset(offset), Some(slot)) = (
-                elem.offset(),
-                table.iter().find(|s| {
-                    s.part.id.partition == elem.partition() && *s.part.id.topic == *elem.topic()
-                }),
-            ) else {
-                continue;
-            };
-            match elem.error() {
-                Ok(()) => slot.part.tracker().committed(offset),
-                Err(e) => {
-                    counter!(names::ERRORS, "kind" => "commit").increment(1);
-                    tracing::debug!(partition = %slot.part.id, error = %e, "Commit refused; offered again");
-                    slot.part.tracker().refused(offset);
-                }
-            }
-        }
-    }
-
-    /// The broker refused a whole asynchronous commit: every offset in it may be offered
-    /// again at once.
-    pub(crate) fn refused(&self, offsets: &TopicPartitionList) {
-        let table = self.table();
-        for elem in offsets.elements() {
-            if let (Offset::Offset(offset), Some(slot)) = (
-                elem.offset(),
-                table.iter().find(|s| {
-                    s.part.id.partition == elem.partition() && *s.part.id.topic == *elem.topic()
-                }),
-            ) {
-                slot.part.tracker().refused(offset);
-            }
-        }
-    }
-
     pub(crate) fn publish_status(&self) {
         let mut statuses: Vec<PartitionStatus> = self
             .table()
@@ -490,7 +517,9 @@ impl<P: Processor> Shared<P> {
                     (tracker.watermark(), tracker.in_flight(), tracker.gaps())
                 };
                 let hw = part.high_watermark.load(Ordering::Relaxed);
-                let high_watermark = (hw >= 0).then_some(hw);
+                // The high watermark comes from librdkafka's periodic statistics and can trail
+                // what was already read; the partition holds at least up to the position.
+                let high_watermark = (hw >= 0).then(|| hw.max(position.unwrap_or(hw)));
                 let problem = part.problem();
                 let state = match (&problem, slot.fetch) {
                     (Some(_), _) => "stuck",

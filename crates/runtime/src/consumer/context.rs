@@ -85,21 +85,6 @@ impl<P: Processor> ConsumerContext for LoopContext<P> {
         }
     }
 
-    fn commit_callback(
-        &self,
-        result: rdkafka::error::KafkaResult<()>,
-        offsets: &rdkafka::TopicPartitionList,
-    ) {
-        match result {
-            Ok(()) => self.shared.committed(offsets),
-            Err(e) => {
-                counter!(names::ERRORS, "kind" => "commit").increment(1);
-                tracing::warn!(error = %e, "Commit failed; retrying at the next interval");
-                self.shared.refused(offsets);
-            }
-        }
-    }
-
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(tpl) => self.shared.assign(consumer, tpl),

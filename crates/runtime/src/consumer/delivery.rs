@@ -176,8 +176,14 @@ impl<'a, P: Processor> Pipeline<'a, P> {
     }
 
     /// Hands `record` to the producer, waiting while its queue is full (back-pressure).
+    /// Refuses once the pipeline is abandoned: nothing of a partition handed over (or of a
+    /// stop past its deadline) may reach the producer after that, however many records a
+    /// re-send still had to go.
     async fn send(&self, record: &OutRecord) -> Result<Slot, Stop> {
         loop {
+            if self.abandoned().is_cancelled() {
+                return Err(Stop::Abandoned);
+            }
             let headers = crate::kafka::owned_headers(
                 record
                     .headers

@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex, MutexGuard, mpsc as std_mpsc};
 use std::time::{Duration, Instant};
 
 use metrics::counter;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use tokio_util::sync::CancellationToken;
 
@@ -45,6 +45,8 @@ pub(crate) struct LoopSettings {
     pub(crate) max_backoff: Duration,
     pub(crate) commit_interval: Duration,
     pub(crate) shutdown_timeout: Duration,
+    /// A static member (`group.instance.id`) keeps its place in the group when it stops.
+    pub(crate) static_member: bool,
 }
 
 /// What tasks tell the poll thread.
@@ -168,12 +170,12 @@ pub(crate) fn poll_loop<P: Processor>(
                         Some(Ok(message)) => {
                             shared.route(&consumer, message.detach(), &mut cache);
                         }
-                        Some(Err(error)) => consume_error(&error),
+                        Some(Err(error)) => consume_error(&shared, &consumer, &error),
                         None => break,
                     }
                 }
             }
-            Some(Err(error)) => consume_error(&error),
+            Some(Err(error)) => consume_error(&shared, &consumer, &error),
             None => {}
         }
         while let Ok(ready) = control.try_recv() {
@@ -202,18 +204,37 @@ pub(crate) fn poll_loop<P: Processor>(
     shared.stop_partitions(&parts, "shutdown");
     shared.commit(&consumer, Some(&parts), CommitMode::Sync);
     shared.publish_status();
-    // Leaving the group hands our partitions over at once instead of after the session
-    // timeout; the revoke callback finds nothing left to do.
-    consumer.unsubscribe();
-    let _ = consumer.poll(Duration::from_millis(100));
+    if !settings.static_member {
+        // Leaving the group hands our partitions over at once instead of after the session
+        // timeout; the revoke callback finds nothing left to do. A static member stays:
+        // restarted within the session, it gets its partitions back with no rebalance (an
+        // explicit unsubscribe would leave, and rebalance the whole group).
+        consumer.unsubscribe();
+        let _ = consumer.poll(Duration::from_millis(100));
+    }
     drop(consumer);
     tracing::info!("Consumer closed");
 }
 
-fn consume_error(error: &KafkaError) {
+fn consume_error<P: Processor, C: ConsumerContext>(
+    shared: &Shared<P>,
+    consumer: &BaseConsumer<C>,
+    error: &KafkaError,
+) {
     if let KafkaError::MessageConsumption(RDKafkaErrorCode::PollExceeded) = error {
         counter!(names::MAX_POLL_EXCEEDED).increment(1);
         tracing::error!("Left the consumer group: max.poll.interval.ms exceeded; rejoining");
+    } else if matches!(error, KafkaError::MessageConsumptionFatal(_))
+        || consumer.client().fatal_error().is_some()
+    {
+        // A fenced static member (another instance with the same GROUP_INSTANCE_ID) and
+        // the like: this consumer will never be given partitions again. Exit non-zero so
+        // the orchestrator restarts it, rather than idle with a green health check.
+        let detail = consumer.client().fatal_error().map_or_else(
+            || error.to_string(),
+            |(code, reason)| format!("{code}: {reason}"),
+        );
+        shared.fail(format!("fatal consumer error: {detail}"));
     } else {
         counter!(names::ERRORS, "kind" => "consume").increment(1);
         tracing::warn!(error = %error, "Consumer error");
