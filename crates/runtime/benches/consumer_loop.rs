@@ -157,17 +157,14 @@ async fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1_000_000);
-    // Memory storage: SQLite is too slow to measure a client against (~40k records/s), and
-    // under this load it lets group sessions lapse. Tansu's memory engine cannot serve a fetch
-    // that resumes inside a record batch, so the loop's in-flight budget is raised below to
-    // keep it from pausing: this measures throughput; back-pressure has its own test.
+    // Memory storage: SQLite serves tens of thousands of records a second, too few to
+    // measure a client against. The loop's in-flight budget is raised below so it never
+    // pauses: this measures its cost per message; back-pressure has its own test.
     let broker = TestBroker::start().expect("a memory-storage broker");
     let input = broker.create_topic("bench-in", PARTITIONS).await.unwrap();
     let sample = envelope(0).encode().len();
-    // Full producer batches (up to 1 MB, the client default): Tansu's memory engine lists
-    // every stored batch of a partition on each fetch, so many small batches would make the
-    // broker, not the client, the bottleneck of both sides of the comparison. (Batches
-    // above a fetch's byte limit are never served by it, so no larger.)
+    // Full producer batches (up to 1 MB, the client default), as a bulk load writes them:
+    // the fewer batches the broker stores, the less it costs both sides of the comparison.
     let producer: FutureProducer = broker
         .client_config()
         .set("linger.ms", "100")

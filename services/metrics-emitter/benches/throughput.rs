@@ -133,8 +133,8 @@ async fn main() {
         .env("SESSION_TIMEOUT_MS", "6000")
         .env("COMMIT_INTERVAL_MS", "100")
         .env("KAFKA_CONFIG", tributary_testkit::DEV_CLIENT_SETTING)
-        // Above the record count: Tansu's memory engine cannot resume a paused partition
-        // inside a record batch (see the consumer-loop benchmark).
+        // Above the record count, so the run measures the cost per event, not back-pressure
+        // (see the consumer-loop benchmark).
         .env("MAX_IN_FLIGHT", (n + 1).to_string())
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
