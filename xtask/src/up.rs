@@ -296,13 +296,7 @@ fn start_broker(root: &Path) -> anyhow::Result<Running> {
 /// `log_path`; only its warnings, errors and panics reach the console, one line each (its
 /// errors can be kilobytes of debug output on one line).
 fn spawn_logged(name: &str, command: &mut Command, log_path: &Path) -> anyhow::Result<Running> {
-    let mut child = command
-        .process_group(0)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("starting {name}"))?;
+    let mut child = spawn_child(name, command)?;
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -391,15 +385,20 @@ fn label(name: &str, color: bool) -> String {
 }
 
 /// Starts a child in its own process group (so a terminal Ctrl-C reaches only xtask, which
-/// then stops children in order) with its output prefixed by its name.
-fn spawn(name: &str, command: &mut Command) -> anyhow::Result<Running> {
-    let mut child = command
+/// then stops children in order), its output piped to us.
+fn spawn_child(name: &str, command: &mut Command) -> anyhow::Result<Child> {
+    command
         .process_group(0)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .with_context(|| format!("starting {name}"))?;
+        .with_context(|| format!("starting {name}"))
+}
+
+/// Starts a child (see [`spawn_child`]) with its output prefixed by its name.
+fn spawn(name: &str, command: &mut Command) -> anyhow::Result<Running> {
+    let mut child = spawn_child(name, command)?;
     let color = std::io::stdout().is_terminal();
     if let Some(out) = child.stdout.take() {
         prefix_lines(name, out, color);
