@@ -28,7 +28,8 @@
 //!   exits at once.
 //!
 //! Messages of one partition are processed one at a time in offset order; partitions run
-//! concurrently.
+//! concurrently. A processor joining co-partitioned inputs
+//! ([`Processor::co_partitioned`]) gets partition p of every input processed as one task.
 
 pub mod admin;
 pub mod config;
@@ -45,7 +46,9 @@ pub mod topics;
 
 pub use admin::Health;
 pub use config::{LogFormat, RuntimeConfig};
-pub use processor::{Batching, Incoming, Output, PartitionId, ProcessError, Processor, StartFrom};
+pub use processor::{
+    Batching, Incoming, Output, PartitionId, ProcessError, Processor, ServiceContext, StartFrom,
+};
 pub use service::{Running, RuntimeError, ServiceSpec, run, start, watch_broker};
 pub use shutdown::Shutdown;
 

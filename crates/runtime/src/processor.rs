@@ -8,6 +8,33 @@ use std::time::Duration;
 
 use tributary_events::{Envelope, TraceParent};
 
+/// What a service runs with, for [`Processor::on_start`].
+#[derive(Clone)]
+pub struct ServiceContext {
+    /// The service's name.
+    pub service: String,
+    /// Its consumer group.
+    pub group: String,
+    /// Its input topics.
+    pub inputs: Vec<String>,
+    /// Its configuration (brokers, client settings, data directory).
+    pub config: crate::RuntimeConfig,
+    /// Its health and `/status`.
+    pub health: crate::Health,
+    /// The service's idempotent producer.
+    pub producer: rdkafka::producer::FutureProducer,
+}
+
+impl fmt::Debug for ServiceContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServiceContext")
+            .field("service", &self.service)
+            .field("group", &self.group)
+            .field("inputs", &self.inputs)
+            .finish_non_exhaustive()
+    }
+}
+
 /// One partition of one topic.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PartitionId {
@@ -171,25 +198,45 @@ pub trait Processor: Send + Sync + 'static {
         async {}
     }
 
-    /// Batches for a processor that keeps state: when `Some`, the messages of a partition
-    /// are grouped into batches, and [`commit_batch`](Self::commit_batch) runs once per
-    /// batch, after every output of the batch is acknowledged and before any of its
-    /// offsets counts as finished. A batching processor keeps its own position and
-    /// returns it from [`on_assigned`](Self::on_assigned): the group's committed offset
-    /// follows its commits and may lag them after a crash.
+    /// Batches for a processor that keeps state: when `Some`, the messages of a task (a
+    /// partition, or partition p of every co-partitioned input) are grouped into batches,
+    /// and [`commit_batch`](Self::commit_batch) runs once per batch, after every output of
+    /// the batch is acknowledged and before any of its offsets counts as finished. A
+    /// batching processor keeps its own position and returns it from
+    /// [`on_assigned`](Self::on_assigned): the group's committed offset follows its commits
+    /// and may lag them after a crash.
     fn batching(&self) -> Option<Batching> {
         None
     }
 
-    /// Makes a batch durable: everything processed on `partition` before `next_offset` is
-    /// applied, and its outputs are acknowledged. A state store writes the batch's changes
-    /// and `next_offset` in one transaction here. A crash before this returns re-runs the
-    /// batch from the previous state. A transient error is retried with backoff; a
-    /// permanent one stops the service with an error.
+    /// Whether the inputs are joined by partition number (co-partitioned topics with one
+    /// key and one partition count): partition p of every input topic is then one task,
+    /// whose messages are processed one at a time in arrival order, whose outputs leave in
+    /// that order, and whose batches cover all its partitions. The group uses the `range`
+    /// assignor so that one instance owns partition p of every input.
+    fn co_partitioned(&self) -> bool {
+        false
+    }
+
+    /// Makes a batch durable: everything processed before each partition's next offset
+    /// (`(partition, next_offset)`, one entry per partition the batch touched) is applied,
+    /// and its outputs are acknowledged. A state store writes the batch's changes and the
+    /// offsets in one transaction here. A crash before this returns re-runs the batch from
+    /// the previous state. A transient error is retried with backoff; a permanent one stops
+    /// the service with an error.
     fn commit_batch(
         &self,
-        _partition: &PartitionId,
-        _next_offset: i64,
+        _offsets: &[(PartitionId, i64)],
+    ) -> impl Future<Output = Result<(), ProcessError>> + Send {
+        async { Ok(()) }
+    }
+
+    /// Called once before the consumer joins its group, with what the service runs with:
+    /// create owned topics, keep the producer or the health handle. An error stops the
+    /// service before it consumes anything.
+    fn on_start(
+        &self,
+        _context: &ServiceContext,
     ) -> impl Future<Output = Result<(), ProcessError>> + Send {
         async { Ok(()) }
     }

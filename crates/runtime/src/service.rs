@@ -220,7 +220,46 @@ async fn run_loop<P: Processor>(
         health.clone(),
         shutdown.clone(),
     );
+    let context = crate::processor::ServiceContext {
+        service: name.to_owned(),
+        group: config.group(name),
+        inputs: inputs.to_vec(),
+        config: config.clone(),
+        health: health.clone(),
+        producer: producer.clone(),
+    };
+    let mut delay = Duration::from_millis(250);
+    loop {
+        let started = std::panic::AssertUnwindSafe(processor.on_start(&context))
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|panic| {
+                Err(crate::ProcessError::Permanent(format!(
+                    "on_start panicked: {}",
+                    crate::consumer::worker::panic_text(&*panic)
+                )))
+            });
+        match started {
+            Ok(()) => break,
+            Err(crate::ProcessError::Transient(e)) => {
+                tracing::warn!(error = %e, "Service start failed; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown.wait() => return Ok(()),
+                }
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+            Err(e @ crate::ProcessError::Permanent(_)) => {
+                return Err(RuntimeError::Fatal(format!("service start failed: {e}")));
+            }
+        }
+    }
     let mut consumer_config = config.consumer_config(name).map_err(config_error)?;
+    if processor.co_partitioned() {
+        // One instance must own partition p of every input: `range` assigns partition p of
+        // each topic to the same member (cooperative-sticky balances topics separately).
+        consumer_config.set("partition.assignment.strategy", "range");
+    }
     if consumer_config.get("statistics.interval.ms").is_none() {
         // Statistics carry each partition's high watermark, for lag without extra requests.
         consumer_config.set("statistics.interval.ms", "1000");

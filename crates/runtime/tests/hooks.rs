@@ -175,15 +175,11 @@ impl Processor for Batched {
             max_wait: Duration::from_millis(50),
         })
     }
-    async fn commit_batch(
-        &self,
-        partition: &PartitionId,
-        next_offset: i64,
-    ) -> Result<(), ProcessError> {
-        self.commits
-            .lock()
-            .unwrap()
-            .push((partition.partition, next_offset));
+    async fn commit_batch(&self, offsets: &[(PartitionId, i64)]) -> Result<(), ProcessError> {
+        let mut commits = self.commits.lock().unwrap();
+        for (partition, next_offset) in offsets {
+            commits.push((partition.partition, *next_offset));
+        }
         Ok(())
     }
 }

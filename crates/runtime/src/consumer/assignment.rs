@@ -21,7 +21,7 @@ use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 
-use super::partition::Partition;
+use super::partition::{Partition, Task};
 use super::{Control, Shared, delivery, worker};
 use crate::admin::PartitionStatus;
 use crate::metrics::names;
@@ -199,27 +199,14 @@ impl<P: Processor> Shared<P> {
                     _ => None,
                 });
             let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
-            let (tx, rx) = mpsc::unbounded_channel();
-            let (out_tx, out_rx) = mpsc::unbounded_channel();
+            let task = self.task_for(&id);
             let part = Arc::new(Partition::new(
                 id.clone(),
                 generation,
                 start,
-                tx,
+                task,
                 counter!(names::MESSAGES_IN, "topic" => id.topic.to_string()),
             ));
-            part.add_task(self.runtime.spawn(worker::supervised(
-                self.clone(),
-                "worker",
-                part.clone(),
-                worker::run(self.clone(), part.clone(), rx, out_tx),
-            )));
-            part.add_task(self.runtime.spawn(worker::supervised(
-                self.clone(),
-                "sender",
-                part.clone(),
-                delivery::run(self.clone(), part.clone(), out_rx),
-            )));
             part.add_task(
                 self.runtime
                     .spawn(assigned_hook(self.clone(), part.clone())),
@@ -233,6 +220,40 @@ impl<P: Processor> Shared<P> {
         counter!(names::REBALANCES, "kind" => "assign").increment(1);
         tracing::info!(partitions = ?assigned, "Partitions assigned");
         self.publish_status();
+    }
+
+    /// The task that processes `id`: a new one, or for a co-partitioned processor the one
+    /// already processing partition `id.partition` of another input.
+    fn task_for(self: &Arc<Self>, id: &PartitionId) -> Arc<Task> {
+        let number = self.co_partitioned.then_some(id.partition);
+        if number.is_some() {
+            let existing = self
+                .table()
+                .iter()
+                .map(|s| &s.part.task)
+                .find(|t| t.number == number && !t.stop.is_cancelled())
+                .cloned();
+            if let Some(task) = existing {
+                return task;
+            }
+        }
+        let (task, rx) = Task::new(number);
+        let (out_tx, out_rx) = mpsc::unbounded_channel();
+        let name = match number {
+            Some(n) => format!("task {n}"),
+            None => id.to_string(),
+        };
+        task.add_task(self.runtime.spawn(worker::supervised(
+            self.clone(),
+            format!("worker of {name}"),
+            worker::run(self.clone(), task.clone(), rx, out_tx),
+        )));
+        task.add_task(self.runtime.spawn(worker::supervised(
+            self.clone(),
+            format!("sender of {name}"),
+            delivery::run(self.clone(), task.clone(), out_rx),
+        )));
+        task
     }
 
     /// The processor's hook for a partition returned: seek if it keeps its own position,
@@ -310,12 +331,26 @@ impl<P: Processor> Shared<P> {
         if revoked.is_empty() {
             return;
         }
+        let split = self.table().iter().any(|slot| {
+            revoked
+                .iter()
+                .any(|r| Arc::ptr_eq(&r.task, &slot.part.task))
+        });
+        if split {
+            // Stopping the task stops the partitions that stay too: they would sit
+            // unprocessed. Only an assignor that ignores co-partitioning does this (the
+            // runtime asks for `range`); restart rather than serve half a join.
+            self.fail(
+                "the assignor split co-partitioned inputs between instances (a co-partitioned processor needs partition.assignment.strategy=range)"
+                    .to_owned(),
+            );
+        }
         let lost = consumer.assignment_lost();
         if lost {
             // Someone else owns them already: write nothing more for them, not even the
             // re-sends of a failed delivery or a batch commit.
             for part in &revoked {
-                part.abandon.cancel();
+                part.abandon().cancel();
             }
         }
         self.stop_partitions(&revoked, "revocation");
@@ -346,7 +381,7 @@ impl<P: Processor> Shared<P> {
     /// their outputs to be acknowledged and their `on_revoked` hooks to return.
     pub(crate) fn stop_partitions(&self, parts: &[Arc<Partition>], why: &str) {
         for part in parts {
-            part.stop.cancel();
+            part.stop().cancel();
         }
         // One deadline for draining and for the hooks.
         let deadline = tokio::time::Instant::now() + self.settings.shutdown_timeout;
@@ -363,7 +398,7 @@ impl<P: Processor> Shared<P> {
             // the producer (other partitions' senders see that as a retriable failure
             // and send theirs again, in order: duplicates, never loss).
             for part in parts {
-                part.abandon.cancel();
+                part.abandon().cancel();
             }
             for abort in &aborts {
                 abort.abort();
@@ -581,7 +616,7 @@ async fn assigned_hook<P: Processor>(shared: Arc<Shared<P>>, part: Arc<Partition
                 );
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
-                    _ = part.stop.cancelled() => return,
+                    _ = part.stop().cancelled() => return,
                 }
             }
             Err(ProcessError::Permanent(reason)) => {

@@ -1,7 +1,7 @@
-//! Delivering a partition's outputs in order, and finishing its offsets only when they are.
+//! Delivering a task's outputs in order, and finishing its offsets only when they are.
 //!
-//! One sender task per partition owns a queue of the partition's inputs with their records,
-//! in offset order. It hands new records to the producer as they come (so many are in
+//! One sender per task (a partition, or partition p of every co-partitioned input) owns a
+//! queue of the task's inputs with their records, in processing order. It hands new records to the producer as they come (so many are in
 //! flight at once) and walks the queue from the front, one acknowledgement at a time:
 //!
 //! - **acknowledged**: the next record; an input whose records are all acknowledged is
@@ -36,26 +36,28 @@ use tokio::sync::mpsc;
 use tributary_events::TraceParent;
 
 use super::Shared;
-use super::partition::Partition;
+use super::partition::{Partition, Task};
 use super::record::{self, Kind, OutRecord};
 use super::worker::backoff;
 use crate::dlq::{self, DeadLetter};
 use crate::metrics::names;
-use crate::processor::{Output, ProcessError, Processor};
+use crate::processor::{Output, PartitionId, ProcessError, Processor};
 
 /// What the worker hands to the sender, in offset order.
 #[derive(Debug)]
 pub(crate) enum Item {
     /// The records produced for one input (its outputs, or its dead letter).
     Input {
+        /// The input's partition.
+        part: Arc<Partition>,
         offset: i64,
         records: Vec<OutRecord>,
-        /// The input itself, to dead-letter should the broker refuse one of its outputs;
-        /// `None` for outputs without an input (`on_tick`).
+        /// The input itself, to dead-letter should the broker refuse one of its outputs.
         input: Option<OwnedMessage>,
     },
-    /// The end of a batch: commit it once every earlier record is acknowledged.
-    BatchEnd { next_offset: i64 },
+    /// The end of a batch: commit it once every earlier record is acknowledged. The next
+    /// offset of each partition the batch touched.
+    BatchEnd { offsets: Vec<(Arc<Partition>, i64)> },
 }
 
 /// What the broker's answer to a failed record means.
@@ -118,18 +120,20 @@ struct Rec {
 
 enum Entry {
     Input {
+        /// `None` for outputs without an input (`on_tick`).
+        part: Option<Arc<Partition>>,
         offset: i64,
         input: Option<OwnedMessage>,
         recs: Vec<Rec>,
     },
     BatchEnd {
-        next_offset: i64,
+        offsets: Vec<(Arc<Partition>, i64)>,
     },
 }
 
 /// Whose records a pipeline carries.
 enum Owner {
-    Partition(Arc<Partition>),
+    Task(Arc<Task>),
     /// `on_tick` outputs: no offsets, no batches.
     Tick,
 }
@@ -144,8 +148,8 @@ struct Pipeline<'a, P> {
     shared: &'a Shared<P>,
     owner: Owner,
     queue: VecDeque<Entry>,
-    /// Finished inputs of the open batch, finished in the tracker when it commits.
-    batch: Vec<i64>,
+    /// Finished inputs of the open batch, finished in their trackers when it commits.
+    batch: Vec<(Arc<Partition>, i64)>,
     /// Consecutive rounds of retriable failures.
     failures: u32,
 }
@@ -163,14 +167,14 @@ impl<'a, P: Processor> Pipeline<'a, P> {
 
     fn abandoned(&self) -> &tokio_util::sync::CancellationToken {
         match &self.owner {
-            Owner::Partition(part) => &part.abandon,
+            Owner::Task(task) => &task.abandon,
             Owner::Tick => &self.shared.tick_abandon,
         }
     }
 
     fn set_problem(&self, problem: Option<String>) {
         match &self.owner {
-            Owner::Partition(part) => part.set_problem(problem),
+            Owner::Task(task) => task.set_problem(problem),
             Owner::Tick => self.shared.health.set_blocker("tick outputs", problem),
         }
     }
@@ -214,6 +218,7 @@ impl<'a, P: Processor> Pipeline<'a, P> {
     async fn push(&mut self, item: Item) -> Result<(), Stop> {
         let entry = match item {
             Item::Input {
+                part,
                 offset,
                 records,
                 input,
@@ -224,12 +229,13 @@ impl<'a, P: Processor> Pipeline<'a, P> {
                     recs.push(Rec { record, slot });
                 }
                 Entry::Input {
+                    part: Some(part),
                     offset,
                     input,
                     recs,
                 }
             }
-            Item::BatchEnd { next_offset } => Entry::BatchEnd { next_offset },
+            Item::BatchEnd { offsets } => Entry::BatchEnd { offsets },
         };
         self.queue.push_back(entry);
         Ok(())
@@ -243,17 +249,20 @@ impl<'a, P: Processor> Pipeline<'a, P> {
         let abandon = self.abandoned().clone();
         let index = match self.queue.front_mut() {
             None => return Ok(Progress::Moved),
-            Some(Entry::BatchEnd { next_offset }) => {
-                let next_offset = *next_offset;
-                self.commit_batch(next_offset).await?;
+            Some(Entry::BatchEnd { offsets }) => {
+                let offsets = offsets.clone();
+                self.commit_batch(&offsets).await?;
                 self.queue.pop_front();
                 return Ok(Progress::Moved);
             }
-            Some(Entry::Input { offset, recs, .. }) => {
+            Some(Entry::Input {
+                part, offset, recs, ..
+            }) => {
                 let offset = *offset;
                 let Some(index) = recs.iter().position(|r| !matches!(r.slot, Slot::Acked)) else {
+                    let part = part.clone();
                     self.queue.pop_front();
-                    self.finished(offset);
+                    self.finished(part, offset);
                     return Ok(Progress::Moved);
                 };
                 if let Slot::Pending(delivery) = &mut recs[index].slot {
@@ -437,10 +446,10 @@ impl<'a, P: Processor> Pipeline<'a, P> {
         Ok(())
     }
 
-    fn finished(&mut self, offset: i64) {
-        if let Owner::Partition(part) = &self.owner {
+    fn finished(&mut self, part: Option<Arc<Partition>>, offset: i64) {
+        if let Some(part) = part {
             if self.shared.batching.is_some() {
-                self.batch.push(offset);
+                self.batch.push((part, offset));
             } else {
                 part.finish(offset);
             }
@@ -448,50 +457,58 @@ impl<'a, P: Processor> Pipeline<'a, P> {
     }
 
     /// Commits the open batch through the processor, then finishes its offsets.
-    async fn commit_batch(&mut self, next_offset: i64) -> Result<(), Stop> {
-        let Owner::Partition(part) = &self.owner else {
+    async fn commit_batch(&mut self, offsets: &[(Arc<Partition>, i64)]) -> Result<(), Stop> {
+        let Owner::Task(task) = &self.owner else {
             return Ok(());
         };
+        let task = task.clone();
+        let ids: Vec<(PartitionId, i64)> = offsets
+            .iter()
+            .map(|(part, next)| (part.id.clone(), *next))
+            .collect();
+        let names = ids
+            .iter()
+            .map(|(id, _)| id.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let result = std::panic::AssertUnwindSafe(
-                self.shared.processor.commit_batch(&part.id, next_offset),
-            )
-            .catch_unwind()
-            .await
-            .unwrap_or_else(|panic| {
-                Err(ProcessError::Permanent(format!(
-                    "commit_batch panicked: {}",
-                    super::worker::panic_text(&*panic)
-                )))
-            });
+            let result = std::panic::AssertUnwindSafe(self.shared.processor.commit_batch(&ids))
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|panic| {
+                    Err(ProcessError::Permanent(format!(
+                        "commit_batch panicked: {}",
+                        super::worker::panic_text(&*panic)
+                    )))
+                });
             match result {
                 Ok(()) => {
                     if attempt > 1 {
-                        part.set_problem(None);
+                        task.set_problem(None);
                     }
-                    for offset in self.batch.drain(..) {
+                    for (part, offset) in self.batch.drain(..) {
                         part.finish(offset);
                     }
                     return Ok(());
                 }
                 Err(ProcessError::Transient(reason)) => {
                     counter!(names::ERRORS, "kind" => "commit_batch").increment(1);
-                    tracing::warn!(error = %reason, partition = %part.id, attempt, "Batch commit failed; retrying");
+                    tracing::warn!(error = %reason, partitions = %names, attempt, "Batch commit failed; retrying");
                     if attempt >= 3 {
-                        part.set_problem(Some(format!(
+                        task.set_problem(Some(format!(
                             "batch commit failing after {attempt} attempts: {reason}"
                         )));
                     }
                     tokio::select! {
                         _ = tokio::time::sleep(backoff(self.shared.settings.backoff, self.shared.settings.max_backoff, attempt)) => {}
-                        _ = part.abandon.cancelled() => return Err(Stop::Abandoned),
+                        _ = task.abandon.cancelled() => return Err(Stop::Abandoned),
                     }
                 }
                 Err(ProcessError::Permanent(reason)) => {
                     self.shared
-                        .fail(format!("batch commit of {} failed: {reason}", part.id));
+                        .fail(format!("batch commit of {names} failed: {reason}"));
                     return Err(Stop::Fatal);
                 }
             }
@@ -503,14 +520,14 @@ impl<'a, P: Processor> Pipeline<'a, P> {
     }
 }
 
-/// The sender task of one partition: runs until the worker closed its end and every record
-/// is acknowledged, or until abandoned or stopped by a fatal error.
+/// The sender of one task: runs until the worker closed its end and every record is
+/// acknowledged, or until abandoned or stopped by a fatal error.
 pub(crate) async fn run<P: Processor>(
     shared: Arc<Shared<P>>,
-    part: Arc<Partition>,
+    task: Arc<Task>,
     mut rx: mpsc::UnboundedReceiver<Item>,
 ) {
-    let mut pipeline = Pipeline::new(&shared, Owner::Partition(part.clone()));
+    let mut pipeline = Pipeline::new(&shared, Owner::Task(task.clone()));
     let mut open = true;
     loop {
         let progress = if pipeline.is_empty() {
@@ -519,7 +536,7 @@ pub(crate) async fn run<P: Processor>(
             }
             tokio::select! {
                 biased;
-                _ = part.abandon.cancelled() => break,
+                _ = task.abandon.cancelled() => break,
                 item = rx.recv() => Ok(Progress::Received(item)),
             }
         } else {
@@ -547,18 +564,22 @@ pub(crate) async fn publish<P: Processor>(
     outputs: Vec<Output>,
 ) -> Result<(), Stop> {
     let trace = TraceParent::new_root();
-    let records = outputs
+    let records: Vec<OutRecord> = outputs
         .into_iter()
         .map(|o| OutRecord::from_output(o, &trace))
         .collect();
     let mut pipeline = Pipeline::new(shared, Owner::Tick);
-    pipeline
-        .push(Item::Input {
-            offset: -1,
-            records,
-            input: None,
-        })
-        .await?;
+    let mut recs = Vec::with_capacity(records.len());
+    for record in records {
+        let slot = pipeline.send(&record).await?;
+        recs.push(Rec { record, slot });
+    }
+    pipeline.queue.push_back(Entry::Input {
+        part: None,
+        offset: -1,
+        input: None,
+        recs,
+    });
     while !pipeline.is_empty() {
         pipeline.step(None).await?;
     }

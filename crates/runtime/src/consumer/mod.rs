@@ -6,9 +6,11 @@
 //!   ([`assignment`]): it polls, routes each message to its partition, pauses, resumes,
 //!   seeks and commits; rebalance callbacks ([`context`]) run on it. It is never blocked
 //!   by processing, so the consumer cannot silently leave its group;
-//! - per assigned partition, a **worker** ([`worker`]) decodes and processes messages in
-//!   offset order, and a **sender** ([`delivery`]) delivers their outputs in the same
-//!   order and finishes each offset once everything it produced is acknowledged;
+//! - per task (an assigned partition, or for a co-partitioned processor partition p of
+//!   every input), a **worker** ([`worker`]) decodes and processes messages one at a time
+//!   in arrival order (offset order within a partition), and a **sender** ([`delivery`])
+//!   delivers their outputs in the same order and finishes each offset once everything
+//!   it produced is acknowledged;
 //! - the processor's **hooks** run as tasks on the runtime, never inside librdkafka's
 //!   callbacks, and a panic in one is caught.
 
@@ -61,6 +63,8 @@ pub(crate) struct Shared<P> {
     pub(crate) settings: LoopSettings,
     pub(crate) processor: Arc<P>,
     pub(crate) batching: Option<Batching>,
+    /// Partition p of every input is one task (see [`Processor::co_partitioned`]).
+    pub(crate) co_partitioned: bool,
     pub(crate) producer: rdkafka::producer::FutureProducer,
     pub(crate) health: Health,
     pub(crate) runtime: tokio::runtime::Handle,
@@ -87,10 +91,12 @@ impl<P: Processor> Shared<P> {
     ) -> (Arc<Shared<P>>, std_mpsc::Receiver<Control>) {
         let (control, control_rx) = std_mpsc::channel();
         let batching = processor.batching();
+        let co_partitioned = processor.co_partitioned();
         let shared = Arc::new(Shared {
             settings,
             processor,
             batching,
+            co_partitioned,
             producer,
             health,
             runtime: tokio::runtime::Handle::current(),

@@ -1,5 +1,6 @@
 //! One assigned partition as its tasks share it: the offset tracker, the stop signals, the
-//! handles of its tasks, and what `/status` says about it.
+//! handles of its tasks, and what `/status` says about it; and the [`Task`] that processes
+//! it (the partition alone, or partition p of every co-partitioned input).
 //!
 //! Ownership: the poll thread creates it on assignment, routes messages into it, pauses and
 //! resumes it, and drops it on revocation; the worker and the sender finish offsets in
@@ -7,7 +8,7 @@
 //! generation, so nothing of an earlier assignment can reach the new one.
 
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use metrics::Counter;
 use rdkafka::message::OwnedMessage;
@@ -18,18 +19,83 @@ use tokio_util::sync::CancellationToken;
 use crate::offsets::{OffsetTracker, Refused};
 use crate::processor::PartitionId;
 
+/// What processes one or more partitions: a worker and a sender, their input queue, and
+/// their stop signals. A processor that joins co-partitioned inputs gets one task per
+/// partition number, shared by that partition of every input topic, so that the inputs
+/// are processed one at a time in arrival order and their outputs leave in that order.
+pub(crate) struct Task {
+    /// The partition number of a co-partitioned task; `None` for a single partition's.
+    pub(crate) number: Option<i32>,
+    /// To the worker, in arrival order (offset order within each partition).
+    tx: mpsc::UnboundedSender<(Arc<Partition>, OwnedMessage)>,
+    /// Stop after the message in hand (revocation, shutdown).
+    pub(crate) stop: CancellationToken,
+    /// Give up on unacknowledged outputs: the revocation deadline passed.
+    pub(crate) abandon: CancellationToken,
+    /// Why the task cannot deliver or commit, while it cannot.
+    problem: Mutex<Option<String>>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Task {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Task")
+            .field("number", &self.number)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Task {
+    /// A task and the receiving end of its input queue.
+    pub(crate) fn new(
+        number: Option<i32>,
+    ) -> (
+        Arc<Task>,
+        mpsc::UnboundedReceiver<(Arc<Partition>, OwnedMessage)>,
+    ) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let task = Arc::new(Task {
+            number,
+            tx,
+            stop: CancellationToken::new(),
+            abandon: CancellationToken::new(),
+            problem: Mutex::new(None),
+            tasks: Mutex::new(Vec::new()),
+        });
+        (task, rx)
+    }
+
+    pub(crate) fn set_problem(&self, problem: Option<String>) {
+        *self.problem.lock().unwrap_or_else(|e| e.into_inner()) = problem;
+    }
+
+    fn problem(&self) -> Option<String> {
+        self.problem
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub(crate) fn add_task(&self, task: JoinHandle<()>) {
+        self.tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(task);
+    }
+
+    fn take_tasks(&self) -> Vec<JoinHandle<()>> {
+        std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
 /// One assigned partition.
 pub(crate) struct Partition {
     pub(crate) id: PartitionId,
     /// Which assignment this is (unique per process).
     pub(crate) generation: u64,
     tracker: Mutex<OffsetTracker>,
-    /// To the worker, in offset order.
-    tx: mpsc::UnboundedSender<OwnedMessage>,
-    /// Stop after the message in hand (revocation, shutdown).
-    pub(crate) stop: CancellationToken,
-    /// Give up on unacknowledged outputs: the revocation deadline passed.
-    pub(crate) abandon: CancellationToken,
+    /// What processes it; its stop signals are the partition's.
+    pub(crate) task: Arc<Task>,
     /// The assignment hook returned; messages may flow.
     pub(crate) ready: AtomicBool,
     pub(crate) high_watermark: AtomicI64,
@@ -53,16 +119,14 @@ impl Partition {
         id: PartitionId,
         generation: u64,
         start: Option<i64>,
-        tx: mpsc::UnboundedSender<OwnedMessage>,
+        task: Arc<Task>,
         messages_in: Counter,
     ) -> Partition {
         Partition {
             id,
             generation,
             tracker: Mutex::new(OffsetTracker::starting_at(start)),
-            tx,
-            stop: CancellationToken::new(),
-            abandon: CancellationToken::new(),
+            task,
             ready: AtomicBool::new(false),
             high_watermark: AtomicI64::new(-1),
             problem: Mutex::new(None),
@@ -77,7 +141,7 @@ impl Partition {
 
     /// Records the message as in flight, then hands it to the worker; returns how many
     /// messages are in flight. A refused offset is not handed over.
-    pub(crate) fn route(&self, message: OwnedMessage) -> Result<usize, Refused> {
+    pub(crate) fn route(self: &Arc<Self>, message: OwnedMessage) -> Result<usize, Refused> {
         use rdkafka::Message;
         let in_flight = {
             let mut tracker = self.tracker();
@@ -85,7 +149,7 @@ impl Partition {
             tracker.in_flight()
         };
         // A closed worker (stopping) leaves the offset unfinished: never committed.
-        let _ = self.tx.send(message);
+        let _ = self.task.tx.send((self.clone(), message));
         Ok(in_flight)
     }
 
@@ -111,11 +175,24 @@ impl Partition {
         *self.problem.lock().unwrap_or_else(|e| e.into_inner()) = problem;
     }
 
+    /// Its own problem (the assignment hook failing), else its task's (deliveries or
+    /// batch commits failing).
     pub(crate) fn problem(&self) -> Option<String> {
         self.problem
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+            .or_else(|| self.task.problem())
+    }
+
+    /// Stop after the message in hand.
+    pub(crate) fn stop(&self) -> &CancellationToken {
+        &self.task.stop
+    }
+
+    /// Give up on unacknowledged outputs.
+    pub(crate) fn abandon(&self) -> &CancellationToken {
+        &self.task.abandon
     }
 
     pub(crate) fn add_task(&self, task: JoinHandle<()>) {
@@ -125,8 +202,12 @@ impl Partition {
             .push(task);
     }
 
+    /// Its own tasks (the assignment hook) and its task's (worker and sender; taken once,
+    /// by whichever of its partitions comes first).
     pub(crate) fn take_tasks(&self) -> Vec<JoinHandle<()>> {
-        std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|e| e.into_inner()))
+        let mut tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|e| e.into_inner()));
+        tasks.extend(self.task.take_tasks());
+        tasks
     }
 
     pub(crate) fn is_ready(&self) -> bool {

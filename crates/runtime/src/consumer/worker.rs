@@ -1,5 +1,7 @@
-//! The worker of one partition: decodes and processes its messages in offset order, with
-//! retries and dead letters, and hands what each produced to the partition's sender.
+//! The worker of one task (a partition, or partition p of every co-partitioned input):
+//! decodes and processes its messages one at a time in arrival order (offset order within
+//! each partition), with retries and dead letters, and hands what each produced to the
+//! task's sender.
 
 use std::any::Any;
 use std::sync::Arc;
@@ -16,7 +18,7 @@ use tributary_events::{Envelope, TraceParent, envelope};
 
 use super::Shared;
 use super::delivery::Item;
-use super::partition::Partition;
+use super::partition::{Partition, Task};
 use super::record::{self, OutRecord};
 use crate::dlq::{self, DeadLetter};
 use crate::metrics::names;
@@ -26,37 +28,38 @@ use crate::processor::{Incoming, ProcessError, Processor};
 /// sample, not every message, and a histogram per message is a StatsD line per message.
 const TIMING_SAMPLE: u32 = 64;
 
-/// Runs `task` (a partition's worker or sender); should it ever panic, the partition could
-/// not make progress any more, so the service stops with an error instead of wedging.
+/// Runs `task` (a worker or sender); should it ever panic, its partitions could not make
+/// progress any more, so the service stops with an error instead of wedging.
 pub(crate) async fn supervised<P: Processor>(
     shared: Arc<Shared<P>>,
-    what: &'static str,
-    part: Arc<Partition>,
+    what: String,
     task: impl std::future::Future<Output = ()> + Send,
 ) {
     if let Err(panic) = std::panic::AssertUnwindSafe(task).catch_unwind().await {
-        shared.fail(format!(
-            "{what} of {} panicked: {}",
-            part.id,
-            panic_text(&*panic)
-        ));
+        shared.fail(format!("{what} panicked: {}", panic_text(&*panic)));
     }
 }
 
-/// Processes one partition's messages in order until it is stopped or its queue closes.
+/// The open batch of a batching processor: when it must end, how many messages it has,
+/// and the next offset of each partition it touched.
+struct Batch {
+    deadline: Instant,
+    count: usize,
+    next: Vec<(Arc<Partition>, i64)>,
+}
+
+/// Processes one task's messages in order until it is stopped or its queue closes.
 pub(crate) async fn run<P: Processor>(
     shared: Arc<Shared<P>>,
-    part: Arc<Partition>,
-    mut rx: mpsc::UnboundedReceiver<OwnedMessage>,
+    task: Arc<Task>,
+    mut rx: mpsc::UnboundedReceiver<(Arc<Partition>, OwnedMessage)>,
     out: mpsc::UnboundedSender<Item>,
 ) {
     let batching = shared.batching;
-    // The open batch: when it must end, how many messages it has, the next offset.
-    let mut batch: Option<(Instant, usize)> = None;
-    let mut next_offset = None;
+    let mut batch: Option<Batch> = None;
     let mut timing = 0u32;
-    let processing =
-        metrics::histogram!(names::PROCESSING_SECONDS, "topic" => part.id.topic.to_string());
+    // One histogram handle per input topic (a task may read several).
+    let mut histograms: Vec<(Arc<str>, metrics::Histogram)> = Vec::new();
     loop {
         // On revoke or shutdown, stop after the message in hand: messages queued but not
         // started stay unfinished (uncommitted) for whoever reads the partition next,
@@ -64,34 +67,38 @@ pub(crate) async fn run<P: Processor>(
         // Messages already queued are taken without a select (a wake-up and two futures
         // per message otherwise); the stop signal is still checked before each one.
         let queued = match rx.try_recv() {
-            Ok(message) if !part.stop.is_cancelled() => Some(message),
+            Ok(message) if !task.stop.is_cancelled() => Some(message),
             _ => None,
         };
-        let message = match (queued, batch) {
-            (Some(message), Some((deadline, _))) if Instant::now() < deadline => Some(message),
+        let deadline = batch.as_ref().map(|b| b.deadline);
+        let message = match (queued, deadline) {
+            (Some(message), Some(deadline)) if Instant::now() < deadline => Some(message),
             (Some(message), None) => Some(message),
             (Some(message), Some(_)) => {
                 // The batch's time is up: end it first, then this message opens the next.
-                end_batch(&out, &mut batch, next_offset);
+                end_batch(&out, &mut batch);
                 Some(message)
             }
-            (None, Some((deadline, _))) => tokio::select! {
+            (None, Some(deadline)) => tokio::select! {
                 biased;
-                _ = part.stop.cancelled() => None,
+                _ = task.stop.cancelled() => None,
                 _ = tokio::time::sleep_until(deadline) => {
-                    end_batch(&out, &mut batch, next_offset);
+                    end_batch(&out, &mut batch);
                     continue;
                 }
                 message = rx.recv() => message,
             },
             (None, None) => tokio::select! {
                 biased;
-                _ = part.stop.cancelled() => None,
+                _ = task.stop.cancelled() => None,
                 message = rx.recv() => message,
             },
         };
-        let Some(message) = message else { break };
+        let Some((part, message)) = message else {
+            break;
+        };
         let offset = message.offset();
+
         timing = timing.wrapping_add(1);
         // The first message of a partition is always timed, then one in TIMING_SAMPLE.
         let started = (timing % TIMING_SAMPLE == 1).then(std::time::Instant::now);
@@ -109,38 +116,55 @@ pub(crate) async fn run<P: Processor>(
             break;
         };
         if let Some(started) = started {
-            processing.record(started.elapsed().as_secs_f64());
+            let index = match histograms.iter().position(|(t, _)| *t == part.id.topic) {
+                Some(index) => index,
+                None => {
+                    let topic = part.id.topic.clone();
+                    let histogram = metrics::histogram!(names::PROCESSING_SECONDS, "topic" => topic.to_string());
+                    histograms.push((topic, histogram));
+                    histograms.len() - 1
+                }
+            };
+            histograms[index].1.record(started.elapsed().as_secs_f64());
         }
-        next_offset = Some(offset + 1);
+        if let Some(policy) = batching {
+            let open = batch.get_or_insert_with(|| Batch {
+                deadline: Instant::now() + policy.max_wait,
+                count: 0,
+                next: Vec::new(),
+            });
+            open.count += 1;
+            match open.next.iter_mut().find(|(p, _)| Arc::ptr_eq(p, &part)) {
+                Some((_, next)) => *next = offset + 1,
+                None => open.next.push((part.clone(), offset + 1)),
+            }
+        }
         match batching {
             None if records.is_empty() => part.finish(offset),
             _ => {
                 let _ = out.send(Item::Input {
+                    part,
                     offset,
                     records,
                     input: Some(message),
                 });
             }
         }
-        if let Some(policy) = batching {
-            let (_, count) = batch.get_or_insert_with(|| (Instant::now() + policy.max_wait, 0));
-            *count += 1;
-            if *count >= policy.max_messages.max(1) {
-                end_batch(&out, &mut batch, next_offset);
+        if let (Some(policy), Some(open)) = (batching, &batch) {
+            if open.count >= policy.max_messages.max(1) {
+                end_batch(&out, &mut batch);
             }
         }
     }
-    // What was processed of the open batch is committed before the partition goes.
-    end_batch(&out, &mut batch, next_offset);
+    // What was processed of the open batch is committed before the partitions go.
+    end_batch(&out, &mut batch);
 }
 
-fn end_batch(
-    out: &mpsc::UnboundedSender<Item>,
-    batch: &mut Option<(Instant, usize)>,
-    next_offset: Option<i64>,
-) {
-    if let (Some(_), Some(next_offset)) = (batch.take(), next_offset) {
-        let _ = out.send(Item::BatchEnd { next_offset });
+fn end_batch(out: &mpsc::UnboundedSender<Item>, batch: &mut Option<Batch>) {
+    if let Some(batch) = batch.take() {
+        let _ = out.send(Item::BatchEnd {
+            offsets: batch.next,
+        });
     }
 }
 
@@ -229,7 +253,7 @@ async fn handle<P: Processor>(
                 tracing::info!(error = %reason, attempt, delay_ms = delay.as_millis() as u64, "Transient failure; retrying");
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
-                    _ = part.stop.cancelled() => return None,
+                    _ = part.stop().cancelled() => return None,
                 }
                 attempt += 1;
                 continue;

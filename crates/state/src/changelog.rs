@@ -1,0 +1,186 @@
+//! The changelog topic of a store: its record format, and restoring a partition's store
+//! from it.
+//!
+//! Partition p of `<group>.<store>.changelog` holds the changes of task p. A committed
+//! batch writes one record per changed entry (key `table \0 key`, value the entry's JSON,
+//! or a tombstone for a deletion, header `state.source` naming the input that wrote it),
+//! and once those are acknowledged, one **checkpoint** record (key `\0checkpoint`) with
+//! the next input offset of every input partition. Only then does the local transaction
+//! commit. A restore applies entries up to the last checkpoint and drops what follows it:
+//! changes after the last checkpoint belong to a batch that may never have committed, and
+//! will be written again when its input is processed again (as Quix Streams skips
+//! changelog records past the processed offset in their headers).
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use serde::{Deserialize, Serialize};
+
+use crate::StateError;
+use crate::store::{Checkpoint, Store};
+
+use tributary_runtime::rdkafka;
+
+/// The key of a checkpoint record (entry keys never start with NUL: table names are not
+/// empty).
+pub const CHECKPOINT_KEY: &[u8] = b"\0checkpoint";
+/// Header naming the input (`topic/partition@offset`) that wrote an entry.
+pub const HEADER_SOURCE: &str = "state.source";
+/// Header marking a checkpoint record.
+pub const HEADER_KIND: &str = "state.kind";
+
+/// The value of a checkpoint record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckpointRecord {
+    /// Next input offset per input partition (`topic/partition`).
+    pub offsets: BTreeMap<String, i64>,
+}
+
+/// Headers of an entry record.
+pub(crate) fn entry_headers(source: &str) -> OwnedHeaders {
+    OwnedHeaders::new().insert(Header {
+        key: HEADER_SOURCE,
+        value: Some(source),
+    })
+}
+
+/// Headers of a checkpoint record.
+pub(crate) fn checkpoint_headers() -> OwnedHeaders {
+    OwnedHeaders::new().insert(Header {
+        key: HEADER_KIND,
+        value: Some("checkpoint"),
+    })
+}
+
+/// How a restore went.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Restored {
+    /// Changelog records read.
+    pub records: u64,
+    /// Entries written to the store.
+    pub applied: u64,
+    /// Records after the last checkpoint, dropped.
+    pub dropped: u64,
+}
+
+/// Brings `store` up to the last checkpoint in partition `partition` of `topic`, reading
+/// from the position the store is consistent with. `progress(read, remaining)` is called
+/// as it goes. Returns what the store covers afterwards.
+pub fn restore(
+    store: &Store,
+    client: &ClientConfig,
+    topic: &str,
+    partition: i32,
+    stall_timeout: Duration,
+    mut progress: impl FnMut(u64, u64),
+) -> Result<(Checkpoint, Restored), StateError> {
+    let mut checkpoint = store.checkpoint()?;
+    let consumer: BaseConsumer = client
+        .clone()
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .create()
+        .map_err(|e| StateError::Changelog(format!("cannot create a restore consumer: {e}")))?;
+    let (low, high) = consumer
+        .fetch_watermarks(topic, partition, Duration::from_secs(10))
+        .map_err(|e| StateError::Changelog(format!("cannot read {topic}/{partition}: {e}")))?;
+    let mut restored = Restored::default();
+    if checkpoint.changelog_position >= high {
+        if checkpoint.changelog_position > high {
+            // The store has what the changelog lost (a changelog recreated by hand): the
+            // local state is the better copy; it is written to the changelog as it changes.
+            tracing::warn!(
+                topic,
+                partition,
+                local = checkpoint.changelog_position,
+                high,
+                "Local state is ahead of its changelog; keeping it"
+            );
+        }
+        return Ok((checkpoint, restored));
+    }
+    let from = checkpoint.changelog_position.max(low);
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, partition, Offset::Offset(from))
+        .map_err(|e| StateError::Changelog(e.to_string()))?;
+    consumer
+        .assign(&tpl)
+        .map_err(|e| StateError::Changelog(format!("cannot assign {topic}/{partition}: {e}")))?;
+    tracing::info!(
+        topic,
+        partition,
+        from,
+        high,
+        "Restoring state from the changelog"
+    );
+
+    // Entries since the last checkpoint (not yet known to be committed) ...
+    let mut staged: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();
+    // ... and entries up to the last checkpoint, not yet written to the store.
+    let mut ready: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();
+    let mut ready_checkpoint: Option<Checkpoint> = None;
+    let mut position = from;
+    let mut last_progress = Instant::now();
+    while position < high {
+        let Some(result) = consumer.poll(Duration::from_millis(100)) else {
+            if last_progress.elapsed() > stall_timeout {
+                return Err(StateError::Changelog(format!(
+                    "restore of {topic}/{partition} made no progress for {stall_timeout:?} at offset {position} of {high}"
+                )));
+            }
+            continue;
+        };
+        let message = result
+            .map_err(|e| StateError::Changelog(format!("reading {topic}/{partition}: {e}")))?;
+        last_progress = Instant::now();
+        position = message.offset() + 1;
+        restored.records += 1;
+        let key = message.key().unwrap_or_default();
+        if key == CHECKPOINT_KEY {
+            let record: CheckpointRecord =
+                serde_json::from_slice(message.payload().unwrap_or_default()).map_err(|e| {
+                    StateError::Changelog(format!(
+                        "checkpoint at {topic}/{partition}@{} does not decode: {e}",
+                        message.offset()
+                    ))
+                })?;
+            ready.append(&mut staged);
+            ready_checkpoint = Some(Checkpoint {
+                offsets: record.offsets,
+                changelog_position: position,
+            });
+            if ready.len() >= 10_000 {
+                restored.applied += ready.len() as u64;
+                if let Some(c) = &ready_checkpoint {
+                    store.commit(&ready, c)?;
+                    checkpoint = c.clone();
+                }
+                ready.clear();
+            }
+        } else {
+            staged.insert(key.to_vec(), message.payload().map(<[u8]>::to_vec));
+        }
+        if restored.records % 1000 == 0 {
+            progress(restored.records, (high - position).max(0) as u64);
+        }
+    }
+    if let Some(c) = ready_checkpoint {
+        restored.applied += ready.len() as u64;
+        store.commit(&ready, &c)?;
+        checkpoint = c;
+    }
+    restored.dropped = staged.len() as u64;
+    progress(restored.records, 0);
+    tracing::info!(
+        topic,
+        partition,
+        records = restored.records,
+        applied = restored.applied,
+        dropped = restored.dropped,
+        "State restored"
+    );
+    Ok((checkpoint, restored))
+}

@@ -1,0 +1,288 @@
+//! Changes applied but not yet committed, and the handle a processor reads and writes
+//! state through.
+//!
+//! Every successfully processed message leaves one entry in a log, in processing order.
+//! Reads see the newest pending value of a key before the committed one, so a message
+//! always sees what the messages before it did. A batch is a prefix of that log: the
+//! commit writes the prefix's final values and drops it, while the worker goes on adding
+//! the next batch's entries behind it.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::marker::PhantomData;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tributary_runtime::ProcessError;
+
+use crate::store::{Store, entry_key};
+
+/// A typed table of a store: values of type `V`, stored as JSON, under string keys.
+#[derive(Debug)]
+pub struct Table<V> {
+    name: &'static str,
+    _value: PhantomData<fn() -> V>,
+}
+
+impl<V> Table<V> {
+    /// The table called `name`: letters, digits, `_`, `-` and `.`, not empty.
+    pub const fn new(name: &'static str) -> Table<V> {
+        Table {
+            name,
+            _value: PhantomData,
+        }
+    }
+
+    /// Its name.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+}
+
+/// Whether `name` may name a table (it is the first part of every changelog key).
+pub(crate) fn valid_table_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+}
+
+/// One processed message's changes.
+#[derive(Debug)]
+struct Applied {
+    seq: u64,
+    /// `topic/partition` of the input.
+    partition: String,
+    offset: i64,
+    changes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+}
+
+/// What a batch (a prefix of the log) changed.
+#[derive(Debug, Default)]
+pub(crate) struct Prefix {
+    /// The last entry of the prefix; `0` when it is empty.
+    pub(crate) last_seq: u64,
+    /// Each changed entry's final value (`None`: deleted) ...
+    pub(crate) changes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    /// ... and the input that wrote it (`topic/partition@offset`).
+    pub(crate) sources: HashMap<Vec<u8>, String>,
+}
+
+/// The pending changes of one task.
+#[derive(Debug, Default)]
+pub(crate) struct Pending {
+    seq: u64,
+    log: VecDeque<Applied>,
+    /// The newest pending value of each entry, with the entry that wrote it.
+    index: HashMap<Vec<u8>, (u64, Option<Vec<u8>>)>,
+}
+
+impl Pending {
+    /// Records the changes of the message at `offset` of `partition`.
+    pub(crate) fn apply(
+        &mut self,
+        partition: String,
+        offset: i64,
+        changes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    ) {
+        if changes.is_empty() {
+            return;
+        }
+        self.seq += 1;
+        let seq = self.seq;
+        let changes: Vec<_> = changes.into_iter().collect();
+        for (k, v) in &changes {
+            self.index.insert(k.clone(), (seq, v.clone()));
+        }
+        self.log.push_back(Applied {
+            seq,
+            partition,
+            offset,
+            changes,
+        });
+    }
+
+    /// The newest pending value of an entry: `Some(None)` when it was deleted, `None`
+    /// when nothing pending touched it.
+    fn get(&self, key: &[u8]) -> Option<&Option<Vec<u8>>> {
+        self.index.get(key).map(|(_, v)| v)
+    }
+
+    /// The batch ending at `next` (the next offset of each input partition it covers):
+    /// the longest prefix of the log whose entries all lie before those offsets.
+    pub(crate) fn prefix(&self, next: &BTreeMap<String, i64>) -> Prefix {
+        let mut prefix = Prefix::default();
+        for applied in &self.log {
+            let inside = next
+                .get(&applied.partition)
+                .is_some_and(|n| applied.offset < *n);
+            if !inside {
+                break;
+            }
+            prefix.last_seq = applied.seq;
+            for (k, v) in &applied.changes {
+                prefix.changes.insert(k.clone(), v.clone());
+                prefix.sources.insert(
+                    k.clone(),
+                    format!("{}@{}", applied.partition, applied.offset),
+                );
+            }
+        }
+        prefix
+    }
+
+    /// Drops the committed prefix up to `last_seq`: its values are in the store now.
+    pub(crate) fn drain(&mut self, last_seq: u64) {
+        while self.log.front().is_some_and(|a| a.seq <= last_seq) {
+            self.log.pop_front();
+        }
+        self.index.retain(|_, (seq, _)| *seq > last_seq);
+    }
+
+    /// Forgets everything: the batch will be processed again (by whoever owns it next).
+    pub(crate) fn clear(&mut self) {
+        self.log.clear();
+        self.index.clear();
+    }
+
+    /// How many processed messages wait for a commit.
+    pub(crate) fn len(&self) -> usize {
+        self.log.len()
+    }
+}
+
+/// A processor's view of its partition's state while it processes one message: the
+/// committed state with every earlier message's changes on top. Its own writes count only
+/// if processing succeeds; a failed message leaves no trace.
+#[derive(Debug)]
+pub struct State<'a> {
+    store: &'a Store,
+    pending: &'a Pending,
+    scratch: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+}
+
+fn bad_table(name: &str) -> ProcessError {
+    ProcessError::Permanent(format!("invalid state table name {name:?}"))
+}
+
+impl<'a> State<'a> {
+    pub(crate) fn new(store: &'a Store, pending: &'a Pending) -> State<'a> {
+        State {
+            store,
+            pending,
+            scratch: BTreeMap::new(),
+        }
+    }
+
+    pub(crate) fn into_changes(self) -> BTreeMap<Vec<u8>, Option<Vec<u8>>> {
+        self.scratch
+    }
+
+    /// The current value of `key` in `table`.
+    pub fn get<V: DeserializeOwned>(
+        &self,
+        table: &Table<V>,
+        key: &str,
+    ) -> Result<Option<V>, ProcessError> {
+        if !valid_table_name(table.name) {
+            return Err(bad_table(table.name));
+        }
+        let k = entry_key(table.name, key);
+        let bytes = match self.scratch.get(&k).or_else(|| self.pending.get(&k)) {
+            Some(v) => v.clone(),
+            None => self
+                .store
+                .get(table.name, key)
+                .map_err(|e| ProcessError::Transient(e.to_string()))?,
+        };
+        bytes
+            .map(|b| {
+                serde_json::from_slice(&b).map_err(|e| {
+                    ProcessError::Permanent(format!(
+                        "stored value of {}/{key} does not decode: {e}",
+                        table.name
+                    ))
+                })
+            })
+            .transpose()
+    }
+
+    /// Sets `key` in `table` to `value`.
+    pub fn put<V: Serialize>(
+        &mut self,
+        table: &Table<V>,
+        key: &str,
+        value: &V,
+    ) -> Result<(), ProcessError> {
+        if !valid_table_name(table.name) {
+            return Err(bad_table(table.name));
+        }
+        let bytes = serde_json::to_vec(value).map_err(|e| {
+            ProcessError::Permanent(format!(
+                "value for {}/{key} does not encode: {e}",
+                table.name
+            ))
+        })?;
+        self.scratch.insert(entry_key(table.name, key), Some(bytes));
+        Ok(())
+    }
+
+    /// Removes `key` from `table`.
+    pub fn delete<V>(&mut self, table: &Table<V>, key: &str) -> Result<(), ProcessError> {
+        if !valid_table_name(table.name) {
+            return Err(bad_table(table.name));
+        }
+        self.scratch.insert(entry_key(table.name, key), None);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn change(k: &str, v: Option<&str>) -> BTreeMap<Vec<u8>, Option<Vec<u8>>> {
+        [(k.as_bytes().to_vec(), v.map(|v| v.as_bytes().to_vec()))].into()
+    }
+
+    #[test]
+    fn a_batch_is_the_prefix_before_its_offsets_and_later_entries_stay() {
+        let mut pending = Pending::default();
+        pending.apply("a/0".into(), 5, change("k", Some("1")));
+        pending.apply("b/0".into(), 9, change("k", Some("2")));
+        pending.apply("a/0".into(), 6, change("j", Some("3")));
+        // The batch covers a/0 up to 6 (exclusive) and b/0 up to 10.
+        let next = [("a/0".to_owned(), 6), ("b/0".to_owned(), 10)].into();
+        let prefix = pending.prefix(&next);
+        assert_eq!(prefix.last_seq, 2);
+        assert_eq!(prefix.changes[b"k".as_slice()], Some(b"2".to_vec()));
+        assert!(!prefix.changes.contains_key(b"j".as_slice()));
+        assert_eq!(prefix.sources[b"k".as_slice()], "b/0@9");
+        pending.drain(prefix.last_seq);
+        assert_eq!(pending.len(), 1);
+        assert_eq!(
+            pending.get(b"k"),
+            None,
+            "committed values are read from the store"
+        );
+        assert_eq!(pending.get(b"j"), Some(&Some(b"3".to_vec())));
+    }
+
+    #[test]
+    fn a_key_changed_again_after_the_batch_keeps_its_newer_pending_value() {
+        let mut pending = Pending::default();
+        pending.apply("a/0".into(), 1, change("k", Some("old")));
+        pending.apply("a/0".into(), 2, change("k", None));
+        let prefix = pending.prefix(&[("a/0".to_owned(), 2)].into());
+        assert_eq!(prefix.changes[b"k".as_slice()], Some(b"old".to_vec()));
+        pending.drain(prefix.last_seq);
+        assert_eq!(pending.get(b"k"), Some(&None));
+    }
+
+    #[test]
+    fn table_names_are_checked() {
+        assert!(valid_table_name("price_v1.x-y"));
+        assert!(!valid_table_name(""));
+        assert!(!valid_table_name("a\0b"));
+        assert!(!valid_table_name("a/b"));
+    }
+}

@@ -1,0 +1,485 @@
+//! The runtime processor a stateful service runs: it owns the stores, the offsets in them,
+//! the changelog and the restore, and hands the service's logic a [`State`] per message.
+//!
+//! A batch's life (the runtime calls [`Processor::commit_batch`] once its outputs are
+//! acknowledged):
+//! 1. the batch's final value of every entry it changed goes to the changelog, then a
+//!    checkpoint record with the task's input offsets; each step waits for the broker;
+//! 2. one local transaction writes the same entries, the offsets and the changelog
+//!    position;
+//! 3. the runtime finishes the batch's offsets, and commits them to the group later.
+//!
+//! A crash before 1 completes re-runs the batch from the previous state (its outputs go
+//! out again with the same ids); between 1 and 2, the restore on restart finds the batch
+//! in the changelog and applies it; after 2, the store resumes after the batch. Nothing is
+//! applied twice and nothing is skipped.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+use metrics::{counter, gauge, histogram};
+use serde_json::json;
+use tributary_runtime::rdkafka::producer::{FutureProducer, FutureRecord};
+use tributary_runtime::topics::{self, TopicSpec};
+use tributary_runtime::{
+    Batching, Health, Incoming, Output, PartitionId, ProcessError, Processor, ServiceContext,
+    StartFrom,
+};
+
+use crate::changelog::{self, CHECKPOINT_KEY, CheckpointRecord};
+use crate::pending::{Pending, State};
+use crate::store::{Checkpoint, Store};
+use crate::{StateError, names};
+
+/// A service's logic over its state: what a stateful service implements instead of
+/// [`Processor`].
+pub trait StatefulProcessor: Send + Sync + 'static {
+    /// Processes one message against its partition's state. The writes count only when
+    /// this returns `Ok`; the outputs are published before the state commits.
+    ///
+    /// Must be deterministic: a message processed again after a crash must produce the
+    /// same outputs (derive ids from the input, see [`crate::output_id`]).
+    fn process(
+        &self,
+        message: &Incoming,
+        state: &mut State<'_>,
+    ) -> Result<Vec<Output>, ProcessError>;
+
+    /// How messages are grouped into state commits.
+    fn batching(&self) -> Batching {
+        Batching::default()
+    }
+}
+
+/// Runs a [`StatefulProcessor`] with one store per partition number (its inputs are
+/// co-partitioned), named `store`, kept in `<DATA_DIR>/<group>/<store>/` and restored from
+/// `<group>.<store>.changelog`.
+#[derive(Debug)]
+pub struct Stateful<S> {
+    inner: S,
+    store: String,
+    context: OnceLock<Context>,
+    tasks: Mutex<HashMap<i32, Arc<Slot>>>,
+    status: Mutex<BTreeMap<i32, serde_json::Value>>,
+}
+
+struct Context {
+    changelog: String,
+    dir: PathBuf,
+    client: tributary_runtime::rdkafka::ClientConfig,
+    producer: FutureProducer,
+    health: Health,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("changelog", &self.changelog)
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One partition number's store while it is assigned.
+#[derive(Debug, Default)]
+struct Slot {
+    task: tokio::sync::OnceCell<Arc<Task>>,
+    members: Mutex<BTreeSet<PartitionId>>,
+}
+
+#[derive(Debug)]
+struct Task {
+    number: i32,
+    store: Store,
+    pending: Mutex<Pending>,
+    /// What the store's last transaction covers.
+    checkpoint: Mutex<Checkpoint>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn key_of(id: &PartitionId) -> String {
+    format!("{}/{}", id.topic, id.partition)
+}
+
+/// How long a restore may go without reading anything before it is retried.
+const RESTORE_STALL: Duration = Duration::from_secs(30);
+
+impl<S: StatefulProcessor> Stateful<S> {
+    /// `inner` over the store called `store` (letters, digits, `-`, `_`).
+    pub fn new(store: &str, inner: S) -> Stateful<S> {
+        Stateful {
+            inner,
+            store: store.to_owned(),
+            context: OnceLock::new(),
+            tasks: Mutex::new(HashMap::new()),
+            status: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// The service's own logic.
+    pub fn inner(&self) -> &S {
+        &self.inner
+    }
+
+    fn context(&self) -> Result<&Context, ProcessError> {
+        self.context
+            .get()
+            .ok_or_else(|| ProcessError::Transient("state store not started".to_owned()))
+    }
+
+    fn task(&self, number: i32) -> Result<Arc<Task>, ProcessError> {
+        lock(&self.tasks)
+            .get(&number)
+            .and_then(|slot| slot.task.get().cloned())
+            .ok_or_else(|| ProcessError::Transient(format!("no state open for partition {number}")))
+    }
+
+    fn set_status(&self, number: i32, value: Option<serde_json::Value>) {
+        let mut status = lock(&self.status);
+        match value {
+            Some(v) => status.insert(number, v),
+            None => status.remove(&number),
+        };
+        if let Some(context) = self.context.get() {
+            context.health.set_extra(
+                "state",
+                json!({"store": self.store, "changelog": context.changelog, "partitions": status.values().collect::<Vec<_>>()}),
+            );
+        }
+    }
+
+    /// Opens partition `number`'s store and restores it from the changelog.
+    async fn open(&self, number: i32) -> Result<Arc<Task>, ProcessError> {
+        let context = self.context()?;
+        let path = context.dir.join(format!("p{number}.redb"));
+        let client = context.client.clone();
+        let topic = context.changelog.clone();
+        let store_name = self.store.clone();
+        let health = context.health.clone();
+        let blocker = format!("restore {}/{number}", self.store);
+        self.set_status(
+            number,
+            Some(json!({"partition": number, "state": "restoring"})),
+        );
+        let started = Instant::now();
+        let progress_blocker = blocker.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let store = Store::open(&path)?;
+            let (checkpoint, restored) = changelog::restore(
+                &store,
+                &client,
+                &topic,
+                number,
+                RESTORE_STALL,
+                |read, remaining| {
+                    gauge!(names::RESTORE_REMAINING, "store" => store_name.clone(), "partition" => number.to_string())
+                        .set(remaining as f64);
+                    health.set_blocker(
+                        &progress_blocker,
+                        Some(format!(
+                            "restoring state {store_name}/{number}: {read} changelog records read, {remaining} to go"
+                        )),
+                    );
+                },
+            )?;
+            counter!(names::RESTORED_RECORDS, "store" => store_name).increment(restored.records);
+            Ok::<_, StateError>((store, checkpoint, restored))
+        })
+        .await
+        .map_err(|e| ProcessError::Transient(format!("restore task: {e}")));
+        context.health.set_blocker(&blocker, None);
+        let (store, checkpoint, restored) = match result {
+            Ok(Ok(opened)) => opened,
+            Ok(Err(e)) => {
+                self.set_status(
+                    number,
+                    Some(json!({"partition": number, "state": "failed", "error": e.to_string()})),
+                );
+                return Err(ProcessError::Transient(e.to_string()));
+            }
+            Err(e) => return Err(e),
+        };
+        let entries = store.len().unwrap_or(0);
+        self.set_status(
+            number,
+            Some(json!({
+                "partition": number,
+                "state": "ready",
+                "entries": entries,
+                "changelog_position": checkpoint.changelog_position,
+                "restored_records": restored.records,
+                "restore_seconds": started.elapsed().as_secs_f64(),
+            })),
+        );
+        gauge!(names::ENTRIES, "store" => self.store.clone(), "partition" => number.to_string())
+            .set(entries as f64);
+        Ok(Arc::new(Task {
+            number,
+            store,
+            pending: Mutex::new(Pending::default()),
+            checkpoint: Mutex::new(checkpoint),
+        }))
+    }
+
+    /// Writes `changes` and then the checkpoint to the changelog; returns the changelog
+    /// position after the checkpoint.
+    async fn write_changelog(
+        &self,
+        task: &Task,
+        prefix: &crate::pending::Prefix,
+        offsets: &BTreeMap<String, i64>,
+    ) -> Result<i64, ProcessError> {
+        let context = self.context()?;
+        let transient = |what: &str, e: &dyn std::fmt::Display| {
+            counter!(names::CHANGELOG_ERRORS, "store" => self.store.clone()).increment(1);
+            ProcessError::Transient(format!("changelog {what}: {e}"))
+        };
+        let mut deliveries = Vec::with_capacity(prefix.changes.len());
+        for (key, value) in &prefix.changes {
+            let source = prefix.sources.get(key).map_or("", String::as_str);
+            let mut record = FutureRecord::<[u8], [u8]>::to(&context.changelog)
+                .partition(task.number)
+                .key(key.as_slice())
+                .headers(changelog::entry_headers(source));
+            if let Some(value) = value {
+                record = record.payload(value.as_slice());
+            }
+            deliveries.push(
+                send(&context.producer, record)
+                    .await
+                    .map_err(|e| transient("write", &e))?,
+            );
+        }
+        for delivery in futures_util::future::join_all(deliveries).await {
+            match delivery {
+                Ok(Ok(_)) => {}
+                Ok(Err((e, _))) => return Err(transient("write", &e)),
+                Err(e) => return Err(transient("write", &e)),
+            }
+        }
+        counter!(names::CHANGELOG_RECORDS, "store" => self.store.clone())
+            .increment(prefix.changes.len() as u64);
+        // The checkpoint goes only after the entries it vouches for are acknowledged: a
+        // restore can never meet a checkpoint whose entries are missing.
+        let payload = serde_json::to_vec(&CheckpointRecord {
+            offsets: offsets.clone(),
+        })
+        .map_err(|e| ProcessError::Permanent(e.to_string()))?;
+        let record = FutureRecord::<[u8], [u8]>::to(&context.changelog)
+            .partition(task.number)
+            .key(CHECKPOINT_KEY)
+            .payload(payload.as_slice())
+            .headers(changelog::checkpoint_headers());
+        let delivery = send(&context.producer, record)
+            .await
+            .map_err(|e| transient("checkpoint", &e))?;
+        match delivery.await {
+            Ok(Ok(delivered)) => Ok(delivered.offset + 1),
+            Ok(Err((e, _))) => Err(transient("checkpoint", &e)),
+            Err(e) => Err(transient("checkpoint", &e)),
+        }
+    }
+}
+
+/// Hands `record` to the producer, waiting while its queue is full.
+async fn send(
+    producer: &FutureProducer,
+    mut record: FutureRecord<'_, [u8], [u8]>,
+) -> Result<
+    tributary_runtime::rdkafka::producer::DeliveryFuture,
+    tributary_runtime::rdkafka::error::KafkaError,
+> {
+    use tributary_runtime::rdkafka::error::{KafkaError, RDKafkaErrorCode};
+    loop {
+        match producer.send_result(record) {
+            Ok(delivery) => return Ok(delivery),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                record = r;
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            Err((e, _)) => return Err(e),
+        }
+    }
+}
+
+impl<S: StatefulProcessor> Processor for Stateful<S> {
+    async fn process(&self, message: Incoming) -> Result<Vec<Output>, ProcessError> {
+        let task = self.task(message.partition)?;
+        let mut pending = lock(&task.pending);
+        let mut state = State::new(&task.store, &pending);
+        let outputs = self.inner.process(&message, &mut state)?;
+        let changes = state.into_changes();
+        pending.apply(
+            format!("{}/{}", message.topic, message.partition),
+            message.offset,
+            changes,
+        );
+        Ok(outputs)
+    }
+
+    fn batching(&self) -> Option<Batching> {
+        Some(self.inner.batching())
+    }
+
+    fn co_partitioned(&self) -> bool {
+        true
+    }
+
+    async fn on_start(&self, context: &ServiceContext) -> Result<(), ProcessError> {
+        if self.context.get().is_some() {
+            return Ok(());
+        }
+        let changelog = format!("{}.{}.changelog", context.group, self.store);
+        let admin = context
+            .config
+            .admin_config(&context.service)
+            .map_err(|e| ProcessError::Permanent(e.to_string()))?;
+        // The changelog has a partition per task: as many as the widest input.
+        let counts = topics::partition_counts(&admin)
+            .await
+            .map_err(|e| ProcessError::Transient(e.to_string()))?;
+        let partitions = context
+            .inputs
+            .iter()
+            .filter_map(|t| counts.get(t).copied())
+            .max()
+            .ok_or_else(|| {
+                ProcessError::Transient(format!(
+                    "none of the input topics {:?} exists yet",
+                    context.inputs
+                ))
+            })?;
+        let spec = TopicSpec::new(&changelog, partitions)
+            .with_config("cleanup.policy", "compact")
+            // A value superseded by a change that never committed must survive until the
+            // batch is processed again: compaction waits a day.
+            .with_config("min.compaction.lag.ms", "86400000");
+        topics::apply(&admin, &[spec], -1, false)
+            .await
+            .map_err(|e| ProcessError::Transient(e.to_string()))?;
+        if let Some(existing) = counts.get(&changelog) {
+            if *existing != partitions {
+                return Err(ProcessError::Permanent(format!(
+                    "changelog {changelog} has {existing} partitions, the inputs {partitions}: state would not follow its partitions"
+                )));
+            }
+        }
+        let dir = context
+            .config
+            .data_dir
+            .join(&context.group)
+            .join(&self.store);
+        tracing::info!(store = %self.store, changelog = %changelog, dir = %dir.display(), "State store ready");
+        let _ = self.context.set(Context {
+            changelog,
+            dir,
+            client: admin,
+            producer: context.producer.clone(),
+            health: context.health.clone(),
+        });
+        Ok(())
+    }
+
+    async fn on_assigned(&self, partition: &PartitionId) -> Result<StartFrom, ProcessError> {
+        let slot = lock(&self.tasks)
+            .entry(partition.partition)
+            .or_default()
+            .clone();
+        let task = slot
+            .task
+            .get_or_try_init(|| self.open(partition.partition))
+            .await?
+            .clone();
+        lock(&slot.members).insert(partition.clone());
+        let offset = lock(&task.checkpoint)
+            .offsets
+            .get(&key_of(partition))
+            .copied();
+        Ok(match offset {
+            Some(offset) => StartFrom::Offset(offset),
+            // Nothing of this partition was ever committed to the state: the group's
+            // committed offset (or the earliest) is where the state starts.
+            None => StartFrom::Committed,
+        })
+    }
+
+    async fn on_revoked(&self, partition: &PartitionId) {
+        let mut tasks = lock(&self.tasks);
+        let Some(slot) = tasks.get(&partition.partition).cloned() else {
+            return;
+        };
+        let empty = {
+            let mut members = lock(&slot.members);
+            members.remove(partition);
+            members.is_empty()
+        };
+        if empty {
+            tasks.remove(&partition.partition);
+            drop(tasks);
+            if let Some(task) = slot.task.get() {
+                let mut pending = lock(&task.pending);
+                if pending.len() > 0 {
+                    // Processed but not committed (the revocation ran out of time): the next
+                    // owner processes these messages again from the committed state.
+                    tracing::warn!(store = %self.store, partition = task.number, messages = pending.len(), "Dropping uncommitted state changes");
+                    pending.clear();
+                }
+            }
+            self.set_status(partition.partition, None);
+        }
+    }
+
+    async fn commit_batch(&self, offsets: &[(PartitionId, i64)]) -> Result<(), ProcessError> {
+        let Some((first, _)) = offsets.first() else {
+            return Ok(());
+        };
+        let task = self.task(first.partition)?;
+        let started = Instant::now();
+        let next: BTreeMap<String, i64> = offsets
+            .iter()
+            .map(|(id, next)| (key_of(id), *next))
+            .collect();
+        let prefix = lock(&task.pending).prefix(&next);
+        let mut checkpoint = lock(&task.checkpoint).clone();
+        for (partition, next) in &next {
+            let offset = checkpoint.offsets.entry(partition.clone()).or_insert(*next);
+            *offset = (*offset).max(*next);
+        }
+        let position = self
+            .write_changelog(&task, &prefix, &checkpoint.offsets)
+            .await?;
+        checkpoint.changelog_position = position;
+        let store_task = task.clone();
+        let changes = prefix.changes;
+        let written = checkpoint.clone();
+        let entries = tokio::task::spawn_blocking(move || {
+            store_task.store.commit(&changes, &written)?;
+            store_task.store.len()
+        })
+        .await
+        .map_err(|e| ProcessError::Transient(format!("state commit task: {e}")))?
+        .map_err(|e| ProcessError::Transient(e.to_string()))?;
+        lock(&task.pending).drain(prefix.last_seq);
+        let position = checkpoint.changelog_position;
+        *lock(&task.checkpoint) = checkpoint;
+        histogram!(names::COMMIT_SECONDS, "store" => self.store.clone())
+            .record(started.elapsed().as_secs_f64());
+        gauge!(names::ENTRIES, "store" => self.store.clone(), "partition" => task.number.to_string())
+            .set(entries as f64);
+        self.set_status(
+            task.number,
+            Some(json!({
+                "partition": task.number,
+                "state": "ready",
+                "entries": entries,
+                "changelog_position": position,
+            })),
+        );
+        Ok(())
+    }
+}

@@ -1,0 +1,216 @@
+//! One partition's store on disk: a redb database holding the state's entries, the input
+//! offsets they cover and the changelog position they are consistent with, all written in
+//! one transaction.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+
+use crate::StateError;
+
+/// Entries: `table \0 key` → the value's JSON bytes.
+const ENTRIES: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("entries");
+/// Bookkeeping: input offsets (`offset:<topic>/<partition>`) and the changelog position.
+const META: TableDefinition<'_, &str, i64> = TableDefinition::new("meta");
+const CHANGELOG_POSITION: &str = "changelog";
+const OFFSET_PREFIX: &str = "offset:";
+
+/// The entry key of `key` in `table`: the table name, a NUL, the key.
+pub(crate) fn entry_key(table: &str, key: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(table.len() + 1 + key.len());
+    k.extend_from_slice(table.as_bytes());
+    k.push(0);
+    k.extend_from_slice(key.as_bytes());
+    k
+}
+
+/// Splits an entry key into table and key.
+pub(crate) fn split_entry_key(k: &[u8]) -> Option<(&str, &str)> {
+    let nul = k.iter().position(|b| *b == 0)?;
+    let table = std::str::from_utf8(&k[..nul]).ok()?;
+    let key = std::str::from_utf8(&k[nul + 1..]).ok()?;
+    (!table.is_empty()).then_some((table, key))
+}
+
+/// What a store's last transaction covers.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Checkpoint {
+    /// Next input offset per input partition (`topic/partition`).
+    pub offsets: BTreeMap<String, i64>,
+    /// The changelog offset after the last record this state includes.
+    pub changelog_position: i64,
+}
+
+/// One partition's store.
+#[derive(Debug)]
+pub struct Store {
+    db: Database,
+    path: PathBuf,
+}
+
+fn storage(e: impl std::fmt::Display) -> StateError {
+    StateError::Storage(e.to_string())
+}
+
+impl Store {
+    /// Opens (or creates) the store at `path`.
+    pub fn open(path: &Path) -> Result<Store, StateError> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                StateError::Storage(format!("cannot create {}: {e}", dir.display()))
+            })?;
+        }
+        let db = Database::create(path)
+            .map_err(|e| StateError::Storage(format!("cannot open {}: {e}", path.display())))?;
+        // Tables exist from the start, so that reads never meet a missing table.
+        let txn = db.begin_write().map_err(storage)?;
+        txn.open_table(ENTRIES).map_err(storage)?;
+        txn.open_table(META).map_err(storage)?;
+        txn.commit().map_err(storage)?;
+        Ok(Store {
+            db,
+            path: path.to_owned(),
+        })
+    }
+
+    /// Where the store lives.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The committed value of `key` in `table`.
+    pub fn get(&self, table: &str, key: &str) -> Result<Option<Vec<u8>>, StateError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let entries = txn.open_table(ENTRIES).map_err(storage)?;
+        let value = entries
+            .get(entry_key(table, key).as_slice())
+            .map_err(storage)?
+            .map(|v| v.value().to_vec());
+        Ok(value)
+    }
+
+    /// What the store's last transaction covers.
+    pub fn checkpoint(&self) -> Result<Checkpoint, StateError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let meta = txn.open_table(META).map_err(storage)?;
+        let mut checkpoint = Checkpoint::default();
+        for row in meta.iter().map_err(storage)? {
+            let (k, v) = row.map_err(storage)?;
+            let (k, v) = (k.value(), v.value());
+            if k == CHANGELOG_POSITION {
+                checkpoint.changelog_position = v;
+            } else if let Some(partition) = k.strip_prefix(OFFSET_PREFIX) {
+                checkpoint.offsets.insert(partition.to_owned(), v);
+            }
+        }
+        Ok(checkpoint)
+    }
+
+    /// Applies `changes` (a value, or `None` to delete) and records `checkpoint`, in one
+    /// durable transaction: after a crash, either all of it is there or none.
+    pub fn commit(
+        &self,
+        changes: &BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+        checkpoint: &Checkpoint,
+    ) -> Result<(), StateError> {
+        let txn = self.db.begin_write().map_err(storage)?;
+        {
+            let mut entries = txn.open_table(ENTRIES).map_err(storage)?;
+            for (k, v) in changes {
+                match v {
+                    Some(v) => {
+                        entries
+                            .insert(k.as_slice(), v.as_slice())
+                            .map_err(storage)?;
+                    }
+                    None => {
+                        entries.remove(k.as_slice()).map_err(storage)?;
+                    }
+                }
+            }
+            let mut meta = txn.open_table(META).map_err(storage)?;
+            for (partition, offset) in &checkpoint.offsets {
+                meta.insert(format!("{OFFSET_PREFIX}{partition}").as_str(), *offset)
+                    .map_err(storage)?;
+            }
+            meta.insert(CHANGELOG_POSITION, checkpoint.changelog_position)
+                .map_err(storage)?;
+        }
+        txn.commit().map_err(storage)?;
+        Ok(())
+    }
+
+    /// Every entry, as `(table, key) → JSON value`: for inspection and tests.
+    pub fn dump(&self) -> Result<BTreeMap<(String, String), serde_json::Value>, StateError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let entries = txn.open_table(ENTRIES).map_err(storage)?;
+        let mut out = BTreeMap::new();
+        for row in entries.iter().map_err(storage)? {
+            let (k, v) = row.map_err(storage)?;
+            let Some((table, key)) = split_entry_key(k.value()) else {
+                continue;
+            };
+            let value = serde_json::from_slice(v.value())
+                .unwrap_or_else(|_| serde_json::Value::String("<not JSON>".to_owned()));
+            out.insert((table.to_owned(), key.to_owned()), value);
+        }
+        Ok(out)
+    }
+
+    /// How many entries the store holds.
+    pub fn len(&self) -> Result<u64, StateError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let entries = txn.open_table(ENTRIES).map_err(storage)?;
+        entries.len().map_err(storage)
+    }
+
+    /// Whether the store holds no entry.
+    pub fn is_empty(&self) -> Result<bool, StateError> {
+        Ok(self.len()? == 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entry_keys_round_trip_and_keep_tables_apart() {
+        let k = entry_key("price", "p:1");
+        assert_eq!(split_entry_key(&k), Some(("price", "p:1")));
+        assert_eq!(split_entry_key(b"\0offsets"), None);
+    }
+
+    #[test]
+    fn changes_and_checkpoint_commit_together_and_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s/p0.redb");
+        {
+            let store = Store::open(&path).unwrap();
+            assert_eq!(store.checkpoint().unwrap(), Checkpoint::default());
+            let mut changes = BTreeMap::new();
+            changes.insert(entry_key("t", "a"), Some(b"1".to_vec()));
+            changes.insert(entry_key("t", "b"), Some(b"2".to_vec()));
+            let checkpoint = Checkpoint {
+                offsets: [("in/0".to_owned(), 10)].into(),
+                changelog_position: 3,
+            };
+            store.commit(&changes, &checkpoint).unwrap();
+            let mut delete = BTreeMap::new();
+            delete.insert(entry_key("t", "a"), None);
+            let checkpoint = Checkpoint {
+                offsets: [("in/0".to_owned(), 11)].into(),
+                changelog_position: 5,
+            };
+            store.commit(&delete, &checkpoint).unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.get("t", "a").unwrap(), None);
+        assert_eq!(store.get("t", "b").unwrap(), Some(b"2".to_vec()));
+        let checkpoint = store.checkpoint().unwrap();
+        assert_eq!(checkpoint.offsets["in/0"], 11);
+        assert_eq!(checkpoint.changelog_position, 5);
+        assert_eq!(store.len().unwrap(), 1);
+    }
+}

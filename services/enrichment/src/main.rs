@@ -1,0 +1,34 @@
+//! The enrichment binary: configuration, telemetry, run, exit status.
+
+use clap::Parser;
+use tributary_runtime::{Shutdown, telemetry};
+
+/// Tributary enrichment: products, prices and stock joined into enriched products.
+#[derive(Debug, Parser)]
+#[command(name = "enrichment", version, about)]
+struct Cli {
+    #[command(flatten)]
+    config: enrichment::EnrichmentConfig,
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    telemetry::init_logging(cli.config.runtime.log_format);
+    let shutdown = Shutdown::on_signals();
+    let result = match enrichment::start(cli.config, shutdown).await {
+        Ok(running) => running.wait().await.map_err(anyhow::Error::from),
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "enrichment stopped with an error");
+            // 1: fatal or failed start; 2: an unclean stop (work left for the next run).
+            let code = e
+                .downcast_ref::<tributary_runtime::RuntimeError>()
+                .map_or(1, tributary_runtime::RuntimeError::exit_code);
+            std::process::ExitCode::from(code)
+        }
+    }
+}
