@@ -231,6 +231,12 @@ pub trait Processor: Send + Sync + 'static {
         async { Ok(()) }
     }
 
+    /// The partition may already belong to another instance (the assignment was lost, or
+    /// its revocation ran out of time): write nothing more on its behalf — no batch commit
+    /// may reach a changelog or a store the next owner relies on. Called on the poll
+    /// thread; must not block.
+    fn fence(&self, _partition: &PartitionId) {}
+
     /// Called once before the consumer joins its group, with what the service runs with:
     /// create owned topics, keep the producer or the health handle. An error stops the
     /// service before it consumes anything.

@@ -126,6 +126,7 @@ pub async fn start<P: Processor>(
 
     let settings = LoopSettings {
         service: name.clone(),
+        inputs: spec.inputs.clone(),
         dlq_topic: dlq_topic.clone(),
         max_in_flight: config.max_in_flight,
         max_attempts: config.max_attempts.max(1),

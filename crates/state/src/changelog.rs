@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 
@@ -47,6 +47,12 @@ pub(crate) fn entry_headers(source: &str) -> OwnedHeaders {
     })
 }
 
+/// `topic/partition@offset` → (`topic/partition`, offset).
+fn parse_source(source: &str) -> Option<(String, i64)> {
+    let (input, offset) = source.rsplit_once('@')?;
+    Some((input.to_owned(), offset.parse().ok()?))
+}
+
 /// Headers of a checkpoint record.
 pub(crate) fn checkpoint_headers() -> OwnedHeaders {
     OwnedHeaders::new().insert(Header {
@@ -62,7 +68,8 @@ pub struct Restored {
     pub records: u64,
     /// Entries written to the store.
     pub applied: u64,
-    /// Records after the last checkpoint, dropped.
+    /// Entries dropped: after the last checkpoint, or written by an attempt that never
+    /// reached its checkpoint.
     pub dropped: u64,
 }
 
@@ -102,6 +109,18 @@ pub fn restore(
         }
         return Ok((checkpoint, restored));
     }
+    if checkpoint.changelog_position < low {
+        // Records the store never saw are gone (a changelog with a delete policy, or
+        // truncated by hand): what they held cannot come back from here.
+        tracing::error!(
+            topic,
+            partition,
+            local = checkpoint.changelog_position,
+            low,
+            "Changelog records before its low watermark are gone; the restored state may miss entries"
+        );
+        metrics::counter!(crate::names::RESTORE_GAPS).increment(1);
+    }
     let from = checkpoint.changelog_position.max(low);
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(topic, partition, Offset::Offset(from))
@@ -117,14 +136,29 @@ pub fn restore(
         "Restoring state from the changelog"
     );
 
-    // Entries since the last checkpoint (not yet known to be committed) ...
-    let mut staged: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();
+    // Entries since the last checkpoint (not yet known to be committed), with the input
+    // that wrote each ...
+    let mut staged: BTreeMap<Vec<u8>, (Option<Vec<u8>>, Option<(String, i64)>)> = BTreeMap::new();
     // ... and entries up to the last checkpoint, not yet written to the store.
     let mut ready: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();
     let mut ready_checkpoint: Option<Checkpoint> = None;
+    // The offsets the previous checkpoint covered: a batch's entries come from inputs
+    // between the previous checkpoint and its own.
+    let mut previous = checkpoint.offsets.clone();
     let mut position = from;
     let mut last_progress = Instant::now();
-    while position < high {
+    loop {
+        // The position, not the last record's offset: the records at the end of the
+        // partition may have been compacted away.
+        if let Ok(p) = consumer.position() {
+            if let Some(Offset::Offset(o)) = p.find_partition(topic, partition).map(|e| e.offset())
+            {
+                position = position.max(o);
+            }
+        }
+        if position >= high {
+            break;
+        }
         let Some(result) = consumer.poll(Duration::from_millis(100)) else {
             if last_progress.elapsed() > stall_timeout {
                 return Err(StateError::Changelog(format!(
@@ -147,7 +181,21 @@ pub fn restore(
                         message.offset()
                     ))
                 })?;
-            ready.append(&mut staged);
+            // Only entries of this checkpoint's batch count: an entry left behind by an
+            // attempt that never reached its checkpoint (a crash, a lost assignment) names
+            // an input outside this batch, and is dropped.
+            for (k, (value, source)) in std::mem::take(&mut staged) {
+                let inside = source.as_ref().is_none_or(|(input, offset)| {
+                    previous.get(input).is_none_or(|from| offset >= from)
+                        && record.offsets.get(input).is_some_and(|to| offset < to)
+                });
+                if inside {
+                    ready.insert(k, value);
+                } else {
+                    restored.dropped += 1;
+                }
+            }
+            previous = record.offsets.clone();
             ready_checkpoint = Some(Checkpoint {
                 offsets: record.offsets,
                 changelog_position: position,
@@ -161,7 +209,16 @@ pub fn restore(
                 ready.clear();
             }
         } else {
-            staged.insert(key.to_vec(), message.payload().map(<[u8]>::to_vec));
+            let source = message
+                .headers()
+                .and_then(|hs| hs.iter().find(|h| h.key == HEADER_SOURCE))
+                .and_then(|h| h.value)
+                .and_then(|v| std::str::from_utf8(v).ok())
+                .and_then(parse_source);
+            staged.insert(
+                key.to_vec(),
+                (message.payload().map(<[u8]>::to_vec), source),
+            );
         }
         if restored.records % 1000 == 0 {
             progress(restored.records, (high - position).max(0) as u64);
@@ -172,7 +229,7 @@ pub fn restore(
         store.commit(&ready, &c)?;
         checkpoint = c;
     }
-    restored.dropped = staged.len() as u64;
+    restored.dropped += staged.len() as u64;
     progress(restored.records, 0);
     tracing::info!(
         topic,

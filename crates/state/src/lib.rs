@@ -68,6 +68,8 @@ pub mod names {
     pub const CHANGELOG_RECORDS: &str = "state_changelog_records_total";
     /// Failed changelog writes (the batch commit is retried).
     pub const CHANGELOG_ERRORS: &str = "state_changelog_errors_total";
+    /// Restores that found changelog records missing below its low watermark.
+    pub const RESTORE_GAPS: &str = "state_restore_gaps_total";
     /// How long a batch commit takes (changelog and local transaction).
     pub const COMMIT_SECONDS: &str = "state_commit_seconds";
 }

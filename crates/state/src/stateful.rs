@@ -96,6 +96,20 @@ struct Task {
     pending: Mutex<Pending>,
     /// What the store's last transaction covers.
     checkpoint: Mutex<Checkpoint>,
+    /// Another instance may own the partitions now: write nothing more.
+    fenced: std::sync::atomic::AtomicBool,
+}
+
+impl Task {
+    fn check_fence(&self) -> Result<(), ProcessError> {
+        if self.fenced.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(ProcessError::Transient(format!(
+                "partition {} was handed over; not writing its state",
+                self.number
+            )));
+        }
+        Ok(())
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -223,6 +237,7 @@ impl<S: StatefulProcessor> Stateful<S> {
             store,
             pending: Mutex::new(Pending::default()),
             checkpoint: Mutex::new(checkpoint),
+            fenced: std::sync::atomic::AtomicBool::new(false),
         }))
     }
 
@@ -240,6 +255,7 @@ impl<S: StatefulProcessor> Stateful<S> {
             ProcessError::Transient(format!("changelog {what}: {e}"))
         };
         let mut deliveries = Vec::with_capacity(prefix.changes.len());
+        task.check_fence()?;
         for (key, value) in &prefix.changes {
             let source = prefix.sources.get(key).map_or("", String::as_str);
             let mut record = FutureRecord::<[u8], [u8]>::to(&context.changelog)
@@ -270,6 +286,9 @@ impl<S: StatefulProcessor> Stateful<S> {
             offsets: offsets.clone(),
         })
         .map_err(|e| ProcessError::Permanent(e.to_string()))?;
+        // A fence raised while the entries were in flight stops the checkpoint: without it
+        // a restore drops them.
+        task.check_fence()?;
         let record = FutureRecord::<[u8], [u8]>::to(&context.changelog)
             .partition(task.number)
             .key(CHECKPOINT_KEY)
@@ -339,21 +358,26 @@ impl<S: StatefulProcessor> Processor for Stateful<S> {
             .config
             .admin_config(&context.service)
             .map_err(|e| ProcessError::Permanent(e.to_string()))?;
-        // The changelog has a partition per task: as many as the widest input.
+        // The inputs are joined by partition number, and the changelog has a partition per
+        // task: every input must have the same partition count.
         let counts = topics::partition_counts(&admin)
             .await
             .map_err(|e| ProcessError::Transient(e.to_string()))?;
-        let partitions = context
-            .inputs
-            .iter()
-            .filter_map(|t| counts.get(t).copied())
-            .max()
-            .ok_or_else(|| {
-                ProcessError::Transient(format!(
-                    "none of the input topics {:?} exists yet",
-                    context.inputs
-                ))
-            })?;
+        let mut widths = BTreeMap::new();
+        for input in &context.inputs {
+            let Some(count) = counts.get(input) else {
+                return Err(ProcessError::Transient(format!(
+                    "input topic {input} does not exist yet"
+                )));
+            };
+            widths.insert(input.clone(), *count);
+        }
+        let partitions = widths.values().copied().max().unwrap_or(1);
+        if widths.values().any(|w| *w != partitions) {
+            return Err(ProcessError::Permanent(format!(
+                "the inputs of a stateful service must be co-partitioned (equal partition counts): {widths:?}"
+            )));
+        }
         let spec = TopicSpec::new(&changelog, partitions)
             .with_config("cleanup.policy", "compact")
             // A value superseded by a change that never committed must survive until the
@@ -375,10 +399,14 @@ impl<S: StatefulProcessor> Processor for Stateful<S> {
             .join(&context.group)
             .join(&self.store);
         tracing::info!(store = %self.store, changelog = %changelog, dir = %dir.display(), "State store ready");
+        // librdkafka refuses to assign partitions to a consumer without a group id; the
+        // restore consumer never joins the group or commits, it only needs one.
+        let mut client = admin;
+        client.set("group.id", format!("{changelog}.restore"));
         let _ = self.context.set(Context {
             changelog,
             dir,
-            client: admin,
+            client,
             producer: context.producer.clone(),
             health: context.health.clone(),
         });
@@ -406,6 +434,16 @@ impl<S: StatefulProcessor> Processor for Stateful<S> {
             // committed offset (or the earliest) is where the state starts.
             None => StartFrom::Committed,
         })
+    }
+
+    fn fence(&self, partition: &PartitionId) {
+        let task = lock(&self.tasks)
+            .get(&partition.partition)
+            .and_then(|slot| slot.task.get().cloned());
+        if let Some(task) = task {
+            task.fenced
+                .store(true, std::sync::atomic::Ordering::Release);
+        }
     }
 
     async fn on_revoked(&self, partition: &PartitionId) {
@@ -457,6 +495,7 @@ impl<S: StatefulProcessor> Processor for Stateful<S> {
         let store_task = task.clone();
         let changes = prefix.changes;
         let written = checkpoint.clone();
+        task.check_fence()?;
         let entries = tokio::task::spawn_blocking(move || {
             store_task.store.commit(&changes, &written)?;
             store_task.store.len()

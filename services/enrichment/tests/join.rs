@@ -12,8 +12,14 @@ use tributary_testkit::{RawRecord, TestBroker};
 const WAIT: Duration = Duration::from_secs(60);
 
 /// Records of `key` among `records`.
-fn of<'a>(records: &'a [tributary_testkit::Record], key: &str) -> Vec<&'a tributary_testkit::Record> {
-    records.iter().filter(|r| r.key_str() == Some(key)).collect()
+fn of<'a>(
+    records: &'a [tributary_testkit::Record],
+    key: &str,
+) -> Vec<&'a tributary_testkit::Record> {
+    records
+        .iter()
+        .filter(|r| r.key_str() == Some(key))
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -86,13 +92,22 @@ async fn a_change_emits_a_new_value_a_duplicate_nothing_and_a_delete_a_tombstone
             None => "tombstone".to_owned(),
             Some(_) => {
                 let data = r.envelope().unwrap().to_json()["data"].clone();
-                format!("{}:{}:{}", data["price"]["retail_minor"], data["stock"], data["complete"])
+                format!(
+                    "{}:{}:{}",
+                    data["price"]["retail_minor"], data["stock"], data["complete"]
+                )
             }
         })
         .collect();
     assert_eq!(
         summary,
-        ["null:null:false", "500:null:false", "500:1:true", "650:1:true", "tombstone"]
+        [
+            "null:null:false",
+            "500:null:false",
+            "500:1:true",
+            "650:1:true",
+            "tombstone"
+        ]
     );
     // The delete removed the product's state.
     shutdown.trigger();
@@ -131,16 +146,30 @@ async fn poison_goes_to_the_dead_letter_topic_and_processing_goes_on() {
     broker.produce_raw(&topics.products, &poison).await.unwrap();
     publish(broker, &topics, &[valid, price("p-3", 10), stock("p-3", 2)]).await;
     let letters = read_output(broker, &topics.dlq(), WAIT, |rs| rs.len() >= poison.len()).await;
-    let kinds: Vec<&str> = letters.iter().filter_map(|r| r.header("dlq.error.kind")).collect();
+    let kinds: Vec<&str> = letters
+        .iter()
+        .filter_map(|r| r.header("dlq.error.kind"))
+        .collect();
     assert_eq!(
         kinds,
-        ["not_json", "unsupported_version", "invalid_payload", "permanent", "not_json"],
+        [
+            "not_json",
+            "unsupported_version",
+            "invalid_payload",
+            "permanent",
+            "not_json"
+        ],
         "{letters:?}"
     );
-    assert!(letters.iter().all(|r| r.header("dlq.original.topic") == Some(topics.products.as_str())));
+    assert!(
+        letters
+            .iter()
+            .all(|r| r.header("dlq.original.topic") == Some(topics.products.as_str()))
+    );
     let records = read_output(broker, &topics.output, WAIT, |rs| {
         of(rs, "p-3").iter().any(|r| {
-            r.envelope().is_ok_and(|e| e.to_json()["data"]["complete"] == true)
+            r.envelope()
+                .is_ok_and(|e| e.to_json()["data"]["complete"] == true)
         })
     })
     .await;

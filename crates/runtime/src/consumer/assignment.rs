@@ -217,9 +217,35 @@ impl<P: Processor> Shared<P> {
             });
             assigned.push(id.to_string());
         }
+        if self.co_partitioned {
+            self.check_co_located();
+        }
         counter!(names::REBALANCES, "kind" => "assign").increment(1);
         tracing::info!(partitions = ?assigned, "Partitions assigned");
         self.publish_status();
+    }
+
+    /// A co-partitioned processor must own partition p of every input or of none: else
+    /// another instance holds the rest of the join (inputs with different partition counts,
+    /// or members subscribed to different topics), and both would build half the state.
+    fn check_co_located(&self) {
+        let table = self.table();
+        let numbers: std::collections::BTreeSet<i32> =
+            table.iter().map(|s| s.part.id.partition).collect();
+        for number in numbers {
+            let owned = table
+                .iter()
+                .filter(|s| s.part.id.partition == number)
+                .count();
+            if owned != self.settings.inputs.len() {
+                drop(table);
+                self.fail(format!(
+                    "partition {number} assigned for {owned} of {} co-partitioned inputs: the inputs must have equal partition counts and every member the same subscription",
+                    self.settings.inputs.len()
+                ));
+                return;
+            }
+        }
     }
 
     /// The task that processes `id`: a new one, or for a co-partitioned processor the one
@@ -350,7 +376,7 @@ impl<P: Processor> Shared<P> {
             // Someone else owns them already: write nothing more for them, not even the
             // re-sends of a failed delivery or a batch commit.
             for part in &revoked {
-                part.abandon().cancel();
+                self.abandon(part);
             }
         }
         self.stop_partitions(&revoked, "revocation");
@@ -377,6 +403,18 @@ impl<P: Processor> Shared<P> {
         self.publish_status();
     }
 
+    /// Gives up on `part`'s unacknowledged outputs and tells the processor to write nothing
+    /// more for it.
+    fn abandon(&self, part: &Partition) {
+        part.abandon().cancel();
+        let processor = &self.processor;
+        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| processor.fence(&part.id)))
+            .is_err()
+        {
+            tracing::error!(partition = %part.id, "fence panicked");
+        }
+    }
+
     /// Stops `parts` and waits, within the shutdown deadline, for their workers to stop,
     /// their outputs to be acknowledged and their `on_revoked` hooks to return.
     pub(crate) fn stop_partitions(&self, parts: &[Arc<Partition>], why: &str) {
@@ -398,7 +436,7 @@ impl<P: Processor> Shared<P> {
             // the producer (other partitions' senders see that as a retriable failure
             // and send theirs again, in order: duplicates, never loss).
             for part in parts {
-                part.abandon().cancel();
+                self.abandon(part);
             }
             for abort in &aborts {
                 abort.abort();

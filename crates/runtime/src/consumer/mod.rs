@@ -40,6 +40,8 @@ use context::LoopContext;
 #[derive(Debug, Clone)]
 pub(crate) struct LoopSettings {
     pub(crate) service: String,
+    /// The input topics.
+    pub(crate) inputs: Vec<String>,
     pub(crate) dlq_topic: String,
     pub(crate) max_in_flight: usize,
     pub(crate) max_attempts: u32,

@@ -26,10 +26,22 @@ pub struct Topics {
 impl Topics {
     pub async fn create(broker: &TestBroker, name: &str, partitions: i32) -> Topics {
         Topics {
-            products: broker.create_topic(&format!("{name}-products"), partitions).await.unwrap(),
-            prices: broker.create_topic(&format!("{name}-prices"), partitions).await.unwrap(),
-            stock: broker.create_topic(&format!("{name}-stock"), partitions).await.unwrap(),
-            output: broker.create_topic(&format!("{name}-enriched"), partitions).await.unwrap(),
+            products: broker
+                .create_topic(&format!("{name}-products"), partitions)
+                .await
+                .unwrap(),
+            prices: broker
+                .create_topic(&format!("{name}-prices"), partitions)
+                .await
+                .unwrap(),
+            stock: broker
+                .create_topic(&format!("{name}-stock"), partitions)
+                .await
+                .unwrap(),
+            output: broker
+                .create_topic(&format!("{name}-enriched"), partitions)
+                .await
+                .unwrap(),
             group: unique_name(&format!("{name}-group")),
         }
     }
@@ -51,7 +63,10 @@ impl Topics {
     pub fn env(&self, broker: &TestBroker, data_dir: &Path) -> Vec<(String, String)> {
         [
             ("KAFKA_BROKERS", broker.bootstrap()),
-            ("KAFKA_CONFIG", tributary_testkit::DEV_CLIENT_SETTING.to_owned()),
+            (
+                "KAFKA_CONFIG",
+                tributary_testkit::DEV_CLIENT_SETTING.to_owned(),
+            ),
             ("GROUP_ID", self.group.clone()),
             ("DATA_DIR", data_dir.display().to_string()),
             ("ADMIN_ADDR", "127.0.0.1:0".to_owned()),
@@ -160,7 +175,10 @@ pub async fn read_output(
     deadline: Duration,
     done: impl FnMut(&[Record]) -> bool,
 ) -> Vec<Record> {
-    broker.consume_until(&[topic], deadline, done).await.unwrap()
+    broker
+        .consume_until(&[topic], deadline, done)
+        .await
+        .unwrap()
 }
 
 /// The latest record per key: its decoded envelope JSON, or `None` for a tombstone.
@@ -176,14 +194,12 @@ pub fn latest(records: &[Record]) -> BTreeMap<String, Option<Value>> {
     out
 }
 
-/// `GET /status`.
+/// `GET /status`, or `Null` while the admin server does not answer (a process starting).
 pub async fn status(admin: SocketAddr) -> Value {
-    reqwest::get(format!("http://{admin}/status"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    match reqwest::get(format!("http://{admin}/status")).await {
+        Ok(response) => response.json().await.unwrap_or(Value::Null),
+        Err(_) => Value::Null,
+    }
 }
 
 /// Polls `/status` until every input partition's position reached its high watermark
@@ -193,11 +209,14 @@ pub async fn wait_caught_up(admin: SocketAddr, at_least: i64, deadline: Duration
     loop {
         let status = status(admin).await;
         let parts = status["partitions"].as_array().cloned().unwrap_or_default();
-        let done: i64 = parts.iter().map(|p| p["position"].as_i64().unwrap_or(0)).sum();
+        let done: i64 = parts
+            .iter()
+            .map(|p| p["position"].as_i64().unwrap_or(0))
+            .sum();
         let caught_up = !parts.is_empty()
-            && parts.iter().all(|p| {
-                p["lag"].as_i64() == Some(0) && p["in_flight"].as_u64() == Some(0)
-            });
+            && parts
+                .iter()
+                .all(|p| p["lag"].as_i64() == Some(0) && p["in_flight"].as_u64() == Some(0));
         if caught_up && done >= at_least {
             return status;
         }
