@@ -63,6 +63,7 @@ pub struct Stateful<S> {
     context: OnceLock<Context>,
     tasks: Mutex<HashMap<i32, Arc<Slot>>>,
     status: Mutex<BTreeMap<i32, serde_json::Value>>,
+    crash: Option<CrashAt>,
 }
 
 struct Context {
@@ -120,6 +121,40 @@ fn key_of(id: &PartitionId) -> String {
     format!("{}/{}", id.topic, id.partition)
 }
 
+/// Fault injection for crash tests: `STATE_CRASH_AT=<step>:<n>` aborts the process (no
+/// shutdown, like `kill -9`) the n-th time a batch commit reaches `<step>`:
+/// `before_changelog` (outputs acknowledged), `before_checkpoint` (changelog entries
+/// acknowledged), `before_state_commit` (checkpoint acknowledged) or `after_state_commit`
+/// (local transaction done, group commit not yet). Unset in production.
+#[derive(Debug)]
+struct CrashAt {
+    step: String,
+    nth: u64,
+    seen: std::sync::atomic::AtomicU64,
+}
+
+impl CrashAt {
+    fn from_env() -> Option<CrashAt> {
+        let spec = std::env::var("STATE_CRASH_AT").ok()?;
+        let (step, nth) = spec.split_once(':')?;
+        Some(CrashAt {
+            step: step.to_owned(),
+            nth: nth.parse().ok()?,
+            seen: std::sync::atomic::AtomicU64::new(0),
+        })
+    }
+}
+
+fn crash_point(crash: Option<&CrashAt>, step: &str) {
+    if let Some(crash) = crash.filter(|c| c.step == step) {
+        let seen = crash.seen.fetch_add(1, std::sync::atomic::Ordering::AcqRel) + 1;
+        if seen == crash.nth {
+            eprintln!("STATE_CRASH_AT: aborting at {step} (commit {seen})");
+            std::process::abort();
+        }
+    }
+}
+
 /// How long a restore may go without reading anything before it is retried.
 const RESTORE_STALL: Duration = Duration::from_secs(30);
 
@@ -132,6 +167,7 @@ impl<S: StatefulProcessor> Stateful<S> {
             context: OnceLock::new(),
             tasks: Mutex::new(HashMap::new()),
             status: Mutex::new(BTreeMap::new()),
+            crash: CrashAt::from_env(),
         }
     }
 
@@ -255,6 +291,7 @@ impl<S: StatefulProcessor> Stateful<S> {
             ProcessError::Transient(format!("changelog {what}: {e}"))
         };
         let mut deliveries = Vec::with_capacity(prefix.changes.len());
+        crash_point(self.crash.as_ref(), "before_changelog");
         task.check_fence()?;
         for (key, value) in &prefix.changes {
             let source = prefix.sources.get(key).map_or("", String::as_str);
@@ -286,6 +323,7 @@ impl<S: StatefulProcessor> Stateful<S> {
             offsets: offsets.clone(),
         })
         .map_err(|e| ProcessError::Permanent(e.to_string()))?;
+        crash_point(self.crash.as_ref(), "before_checkpoint");
         // A fence raised while the entries were in flight stops the checkpoint: without it
         // a restore drops them.
         task.check_fence()?;
@@ -492,6 +530,7 @@ impl<S: StatefulProcessor> Processor for Stateful<S> {
             .write_changelog(&task, &prefix, &checkpoint.offsets)
             .await?;
         checkpoint.changelog_position = position;
+        crash_point(self.crash.as_ref(), "before_state_commit");
         let store_task = task.clone();
         let changes = prefix.changes;
         let written = checkpoint.clone();
@@ -503,6 +542,7 @@ impl<S: StatefulProcessor> Processor for Stateful<S> {
         .await
         .map_err(|e| ProcessError::Transient(format!("state commit task: {e}")))?
         .map_err(|e| ProcessError::Transient(e.to_string()))?;
+        crash_point(self.crash.as_ref(), "after_state_commit");
         lock(&task.pending).drain(prefix.last_seq);
         let position = checkpoint.changelog_position;
         *lock(&task.checkpoint) = checkpoint;

@@ -4,7 +4,10 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use tributary_runtime::rdkafka::consumer::{BaseConsumer, Consumer};
 
 use enrichment::EnrichmentConfig;
 use enrichment::merge::ProductState;
@@ -246,3 +249,184 @@ pub fn stored_states(data_dir: &Path, group: &str) -> BTreeMap<String, ProductSt
     }
     out
 }
+
+/// The child process, killed if the test fails before it stopped.
+pub struct Enrichment {
+    pub child: Child,
+    pub admin: SocketAddr,
+}
+
+impl Drop for Enrichment {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn free_port() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap()
+}
+
+pub fn spawn(broker: &TestBroker, topics: &Topics, data_dir: &Path, extra: &[(&str, &str)]) -> Enrichment {
+    let admin = free_port();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_enrichment"));
+    command.envs(topics.env(broker, data_dir));
+    command
+        .env("ADMIN_ADDR", admin.to_string())
+        // A rebalance waits up to max.poll.interval.ms for a known member to rejoin; a
+        // killed one never does. The poll thread never waits on processing: 15 s is plenty.
+        .env(
+            "KAFKA_CONFIG",
+            format!(
+                "max.poll.interval.ms=15000;{}",
+                tributary_testkit::DEV_CLIENT_SETTING
+            ),
+        )
+        .env(
+            "RUST_LOG",
+            std::env::var("CHILD_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .env("LOG_FORMAT", "pretty")
+        .stdout(Stdio::inherit())
+        .stderr(Stdio::inherit())
+        .envs(extra.iter().copied());
+    Enrichment {
+        child: command.spawn().unwrap(),
+        admin,
+    }
+}
+
+pub fn terminate(enrichment: &mut Enrichment) {
+    let pid = enrichment.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = enrichment.child.try_wait().unwrap() {
+            assert!(status.success(), "exit status after SIGTERM: {status}");
+            return;
+        }
+        assert!(Instant::now() < deadline, "did not exit after SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Input positions finished (summed over partitions), or 0 while the admin port is not up.
+pub async fn processed(admin: SocketAddr) -> i64 {
+    let Ok(response) = reqwest::get(format!("http://{admin}/status")).await else {
+        return 0;
+    };
+    let Ok(status) = response.json::<serde_json::Value>().await else {
+        return 0;
+    };
+    status["partitions"].as_array().map_or(0, |ps| {
+        ps.iter().map(|p| p["position"].as_i64().unwrap_or(0)).sum()
+    })
+}
+
+/// A seeded stream of `count` updates over `products` products: products, prices and
+/// stock mixed.
+pub fn updates(seed: u64, count: u64, products: u64) -> Vec<Envelope> {
+    let mut x = seed;
+    let mut next = move || {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        x >> 33
+    };
+    (0..count)
+        .map(|i| {
+            let id = format!("p-{}", next() % products);
+            match next() % 3 {
+                0 => product(&id, &format!("name-{i}")),
+                1 => price(&id, next() % 10_000),
+                _ => stock(&id, next() % 50),
+            }
+        })
+        .collect()
+}
+
+/// Checks the end state of a run over `updates`: each update applied exactly once to the
+/// stores, and the enriched topic's latest value per product the merge of its latest facts.
+pub async fn check_end_state(
+    broker: &'static TestBroker,
+    topics: &Topics,
+    data_dir: &Path,
+    partitions: i32,
+    updates: &[Envelope],
+) -> BTreeMap<String, ProductState> {
+    let expected = expected(updates);
+    let states = stored_states(data_dir, &topics.group);
+    let applied: u64 = states.values().map(|s| s.updates).sum();
+    assert_eq!(
+        applied,
+        updates.len() as u64,
+        "updates applied (more: some twice; fewer: some skipped)"
+    );
+    assert_eq!(states.len(), expected.len());
+    for (id, want) in &expected {
+        assert_eq!(states.get(id), Some(want), "state of {id}");
+    }
+    let records = read_all(broker, &topics.output, partitions).await;
+    let latest = latest(&records);
+    let with_product = expected.values().filter(|s| s.product.is_some()).count();
+    assert_eq!(latest.len(), with_product);
+    for (id, state) in &expected {
+        let Some(view) = state.view() else { continue };
+        let got = latest[id].as_ref().expect("not a tombstone");
+        let want = serde_json::to_value(view.enriched(chrono::Utc::now())).unwrap();
+        for field in ["name", "price", "stock", "complete"] {
+            assert_eq!(got["data"][field], want[field], "{field} of {id}");
+        }
+    }
+    states
+}
+
+/// The state every product must end in: the last of each fact, `updates` counting them.
+pub fn expected(updates: &[Envelope]) -> BTreeMap<String, ProductState> {
+    let mut out: BTreeMap<String, ProductState> = BTreeMap::new();
+    for e in updates {
+        let state = out.entry(e.key.clone()).or_default();
+        state.updates += 1;
+        match &e.event {
+            Event::ProductUpserted(p) => state.product = Some(p.clone()),
+            Event::PriceUpdated(p) => state.price = Some(p.clone()),
+            Event::StockChanged(s) => state.stock = Some(s.clone()),
+            _ => unreachable!(),
+        }
+    }
+    out
+}
+
+/// Every record of `topic`, read up to its high watermarks.
+pub async fn read_all(
+    broker: &'static TestBroker,
+    topic: &str,
+    partitions: i32,
+) -> Vec<tributary_testkit::Record> {
+    let topic_name = topic.to_owned();
+    let total: i64 = tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = broker.client_config().create().unwrap();
+        (0..partitions)
+            .map(|p| {
+                let (low, high) = consumer
+                    .fetch_watermarks(&topic_name, p, Duration::from_secs(10))
+                    .unwrap();
+                high - low
+            })
+            .sum()
+    })
+    .await
+    .unwrap();
+    broker
+        .consume_count(&[topic], total as usize, Duration::from_secs(120))
+        .await
+        .unwrap()
+}
+
