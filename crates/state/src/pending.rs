@@ -286,3 +286,103 @@ mod tests {
         assert!(!valid_table_name("a/b"));
     }
 }
+
+#[cfg(test)]
+mod model {
+    //! A property test over random operation sequences: reads through pending changes,
+    //! batch commits and crashes against a plain map model.
+
+    use std::collections::BTreeMap;
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::store::Checkpoint;
+
+    const TABLE: Table<u32> = Table::new("t");
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        /// A message of input partition `input` writing (key, value or delete) pairs.
+        Message { input: u8, writes: Vec<(u8, Option<u32>)> },
+        /// Commit everything processed so far as one batch.
+        Commit,
+        /// Crash: lose what is pending, reopen the store.
+        Crash,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            6 => (0u8..2, prop::collection::vec((0u8..6, prop::option::of(0u32..100)), 0..4))
+                .prop_map(|(input, writes)| Op::Message { input, writes }),
+            2 => Just(Op::Commit),
+            1 => Just(Op::Crash),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        #[test]
+        fn reads_commits_and_crashes_agree_with_a_map(ops in prop::collection::vec(op(), 1..60)) {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("p0.redb");
+            let mut store = Store::open(&path).unwrap();
+            let mut pending = Pending::default();
+            // The model: what is committed, and what every processed message made of it.
+            let mut committed: BTreeMap<String, u32> = BTreeMap::new();
+            let mut current = committed.clone();
+            let mut next = [0i64; 2];
+            let mut batch_next: BTreeMap<String, i64> = BTreeMap::new();
+            for op in ops {
+                match op {
+                    Op::Message { input, writes } => {
+                        let mut state = State::new(&store, &pending);
+                        for (k, v) in &writes {
+                            let key = k.to_string();
+                            // Every read sees every earlier message's writes.
+                            prop_assert_eq!(state.get(&TABLE, &key).unwrap(), current.get(&key).copied());
+                            match v {
+                                Some(v) => { state.put(&TABLE, &key, v).unwrap(); current.insert(key, *v); }
+                                None => { state.delete(&TABLE, &key).unwrap(); current.remove(&key); }
+                            }
+                        }
+                        let changes = state.into_changes();
+                        let name = format!("in/{input}");
+                        let offset = next[input as usize];
+                        next[input as usize] += 1;
+                        pending.apply(name.clone(), offset, changes);
+                        batch_next.insert(name, offset + 1);
+                    }
+                    Op::Commit => {
+                        let prefix = pending.prefix(&batch_next);
+                        let checkpoint = Checkpoint { offsets: batch_next.clone(), changelog_position: 0 };
+                        store.commit(&prefix.changes, &checkpoint).unwrap();
+                        pending.drain(prefix.last_seq);
+                        prop_assert_eq!(pending.len(), 0);
+                        committed = current.clone();
+                        batch_next.clear();
+                    }
+                    Op::Crash => {
+                        pending.clear();
+                        drop(store);
+                        store = Store::open(&path).unwrap();
+                        current = committed.clone();
+                        // Processing resumes where the store's offsets say.
+                        let offsets = store.checkpoint().unwrap().offsets;
+                        for (i, n) in next.iter_mut().enumerate() {
+                            *n = offsets.get(&format!("in/{i}")).copied().unwrap_or(0);
+                        }
+                        batch_next.clear();
+                    }
+                }
+                let stored: BTreeMap<String, u32> = store
+                    .dump()
+                    .unwrap()
+                    .into_iter()
+                    .map(|((_, k), v)| (k, serde_json::from_value(v).unwrap()))
+                    .collect();
+                prop_assert_eq!(&stored, &committed);
+            }
+        }
+    }
+}
