@@ -47,6 +47,9 @@ pub(crate) fn entry_headers(source: &str) -> OwnedHeaders {
     })
 }
 
+/// An entry read after the last checkpoint: its value, and the input that wrote it.
+type Staged = (Option<Vec<u8>>, Option<(String, i64)>);
+
 /// `topic/partition@offset` → (`topic/partition`, offset).
 fn parse_source(source: &str) -> Option<(String, i64)> {
     let (input, offset) = source.rsplit_once('@')?;
@@ -138,7 +141,7 @@ pub fn restore(
 
     // Entries since the last checkpoint (not yet known to be committed), with the input
     // that wrote each ...
-    let mut staged: BTreeMap<Vec<u8>, (Option<Vec<u8>>, Option<(String, i64)>)> = BTreeMap::new();
+    let mut staged: BTreeMap<Vec<u8>, Staged> = BTreeMap::new();
     // ... and entries up to the last checkpoint, not yet written to the store.
     let mut ready: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();
     let mut ready_checkpoint: Option<Checkpoint> = None;

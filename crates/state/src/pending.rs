@@ -304,7 +304,10 @@ mod model {
     #[derive(Debug, Clone)]
     enum Op {
         /// A message of input partition `input` writing (key, value or delete) pairs.
-        Message { input: u8, writes: Vec<(u8, Option<u32>)> },
+        Message {
+            input: u8,
+            writes: Vec<(u8, Option<u32>)>,
+        },
         /// Commit everything processed so far as one batch.
         Commit,
         /// Crash: lose what is pending, reopen the store.

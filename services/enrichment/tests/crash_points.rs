@@ -15,7 +15,12 @@ const UPDATES: u64 = 3_000;
 
 async fn crash_at(point: &str) {
     let broker = TestBroker::shared();
-    let topics = Topics::create(broker, &format!("enr-at-{}", point.replace('_', "-")), PARTITIONS).await;
+    let topics = Topics::create(
+        broker,
+        &format!("enr-at-{}", point.replace('_', "-")),
+        PARTITIONS,
+    )
+    .await;
     let dir = tempfile::tempdir().unwrap();
     let updates = updates(11, UPDATES, 300);
     publish(broker, &topics, &updates).await;
@@ -26,19 +31,33 @@ async fn crash_at(point: &str) {
         broker,
         &topics,
         dir.path(),
-        &[("STATE_CRASH_AT", crash.as_str()), ("STATE_BATCH_MESSAGES", "200")],
+        &[
+            ("STATE_CRASH_AT", crash.as_str()),
+            ("STATE_BATCH_MESSAGES", "200"),
+        ],
     );
     let started = Instant::now();
     let status = loop {
         if let Some(status) = first.child.try_wait().unwrap() {
             break status;
         }
-        assert!(started.elapsed() < Duration::from_secs(60), "never reached {point}");
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "never reached {point}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    assert!(!status.success(), "the process aborted at {point}: {status}");
+    assert!(
+        !status.success(),
+        "the process aborted at {point}: {status}"
+    );
 
-    let mut second = spawn(broker, &topics, dir.path(), &[("STATE_BATCH_MESSAGES", "200")]);
+    let mut second = spawn(
+        broker,
+        &topics,
+        dir.path(),
+        &[("STATE_BATCH_MESSAGES", "200")],
+    );
     wait_caught_up(second.admin, UPDATES as i64, Duration::from_secs(120)).await;
     terminate(&mut second);
     check_end_state(broker, &topics, dir.path(), PARTITIONS, &updates).await;

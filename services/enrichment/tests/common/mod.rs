@@ -268,7 +268,12 @@ pub fn free_port() -> SocketAddr {
     listener.local_addr().unwrap()
 }
 
-pub fn spawn(broker: &TestBroker, topics: &Topics, data_dir: &Path, extra: &[(&str, &str)]) -> Enrichment {
+pub fn spawn(
+    broker: &TestBroker,
+    topics: &Topics,
+    data_dir: &Path,
+    extra: &[(&str, &str)],
+) -> Enrichment {
     let admin = free_port();
     let mut command = Command::new(env!("CARGO_BIN_EXE_enrichment"));
     command.envs(topics.env(broker, data_dir));
@@ -429,4 +434,3 @@ pub async fn read_all(
         .await
         .unwrap()
 }
-
