@@ -234,9 +234,23 @@ async fn sigkill_then_restart_never_undercounts() {
     // missed.
     let mut first = spawn(broker, &agent, &group);
     let producing = produce_steadily(broker);
-    wait_counted(&agent, 1.0).await;
+    // Killed right after its first commit, before the periodic StatsD flush (every second)
+    // has come round: whatever it committed must already have been sent.
+    let started = Instant::now();
+    while committed_total(broker, &group) == 0 {
+        assert!(started.elapsed() < Duration::from_secs(60), "no commit");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     first.0.kill().unwrap();
     first.0.wait().unwrap();
+    agent.quiesce();
+    let committed = committed_total(broker, &group);
+    let counted = orders_counted(&agent);
+    eprintln!("killed after committing {committed}; counted {counted}");
+    assert!(
+        counted >= committed as f64,
+        "committed {committed} orders but sent only {counted}"
+    );
     producing.await.unwrap();
     let mut second = spawn(broker, &agent, &group);
     wait_counted(&agent, n).await;

@@ -541,6 +541,12 @@ impl<P: Processor> Shared<P> {
         if offsets.is_empty() {
             return;
         }
+        // Metrics are this process's one effect outside Kafka: every counter a committed
+        // message incremented must have left before its offset is committed, or a crash
+        // between the commit and the next periodic flush loses it for good (metrics-emitter
+        // would undercount). Everything those offsets cover was processed before they were
+        // read from the trackers above, so this flush carries all of it.
+        crate::metrics::flush();
         let started = Instant::now();
         let mut result = consumer.commit(&tpl, mode);
         // A handover or shutdown commit is the next owner's starting point: ride out a
