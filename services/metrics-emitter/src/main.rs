@@ -3,6 +3,11 @@
 use clap::Parser;
 use tributary_runtime::{Shutdown, telemetry};
 
+// librdkafka's and the runtime's threads allocate on one thread and free on another, which
+// glibc's allocator serves poorly; mimalloc halved enrichment's CPU per message.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Tributary metrics-emitter: business metrics from every topic and the lag of every group.
 #[derive(Debug, Parser)]
 #[command(name = "metrics-emitter", version, about)]
