@@ -136,6 +136,13 @@ pub enum ProcessError {
     /// Will never succeed for this message: dead-lettered at once.
     #[error("permanent: {0}")]
     Permanent(String),
+    /// This instance cannot process any message right now, for a reason that is not the
+    /// message's (its local state cannot be read, its store is not open): retried with
+    /// backoff for as long as it takes, the partition showing as stuck in `/status`, and
+    /// never dead-lettered, since the message is fine and dead-lettering it would lose it.
+    /// Stops when the partition is revoked or the service stops.
+    #[error("blocked: {0}")]
+    Blocked(String),
 }
 
 /// Where a newly assigned partition starts reading.

@@ -242,7 +242,7 @@ async fn run_loop<P: Processor>(
             });
         match started {
             Ok(()) => break,
-            Err(crate::ProcessError::Transient(e)) => {
+            Err(crate::ProcessError::Transient(e) | crate::ProcessError::Blocked(e)) => {
                 tracing::warn!(error = %e, "Service start failed; retrying");
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}

@@ -163,3 +163,58 @@ async fn transient_errors_are_retried_with_backoff_then_dead_lettered() {
     shutdown.trigger();
     running.wait().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_blocked_message_waits_past_max_attempts_and_is_never_dead_lettered() {
+    let broker = TestBroker::shared();
+    let topic = broker.create_topic("rt-blocked", 1).await.unwrap();
+    let group = unique_group("rt-blocked-group");
+    let recorder = Recorder::default();
+    let mut cfg = config(broker, &group);
+    cfg.max_attempts = 3;
+    cfg.backoff_ms = 40;
+    cfg.max_backoff_ms = 150;
+    let (running, shutdown) = start(cfg, &[&topic], recorder.clone()).await;
+    broker
+        .produce_envelopes(&topic, &[stock("blocked", 1), stock("after", 2)])
+        .await
+        .unwrap();
+
+    // While it is blocked, its partition shows as stuck and says why.
+    eventually(
+        "the partition shows as stuck",
+        Duration::from_secs(20),
+        || {
+            let status = running.health.status();
+            status["partitions"][0]["state"] == "stuck"
+                && status["partitions"][0]["problem"]
+                    .as_str()
+                    .is_some_and(|p| p.contains("local state unreadable"))
+        },
+    )
+    .await;
+    assert!(recorder.processed().is_empty(), "nothing overtakes it");
+
+    // It goes through once unblocked, far past max_attempts, and the next one after it.
+    eventually("both processed in order", Duration::from_secs(20), || {
+        recorder.processed() == vec![(0, 0), (0, 1)]
+    })
+    .await;
+    assert_eq!(
+        recorder.attempts.lock().unwrap()[&(0, 0)],
+        BLOCKED_ATTEMPTS + 1
+    );
+    eventually("both committed", Duration::from_secs(10), || {
+        committed(broker, &group, &topic, 1).get(&0) == Some(&2)
+    })
+    .await;
+    let status = running.health.status();
+    assert_eq!(status["dlq"]["count"], 0, "nothing dead-lettered");
+    assert_eq!(
+        status["partitions"][0]["state"], "running",
+        "no longer stuck"
+    );
+    assert!(status["partitions"][0]["problem"].is_null());
+    shutdown.trigger();
+    running.wait().await.unwrap();
+}

@@ -11,7 +11,7 @@
 //! will be written again when its input is processed again (as Quix Streams skips
 //! changelog records past the processed offset in their headers).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -74,6 +74,68 @@ pub struct Restored {
     /// Entries dropped: after the last checkpoint, or written by an attempt that never
     /// reached its checkpoint.
     pub dropped: u64,
+    /// `Some` when the store is ahead of its changelog (its position is past the
+    /// changelog's end: the topic was recreated, or lost records): the entry keys the
+    /// changelog holds now. The store is kept, and must be written back to the changelog
+    /// (with tombstones for these keys where the store has none), or an instance that
+    /// restores from the changelog later would miss the entries that never change again.
+    pub ahead_of_changelog: Option<BTreeSet<Vec<u8>>>,
+}
+
+/// The entry keys in `[low, high)` of the changelog partition, and how many records were
+/// read.
+fn changelog_keys(
+    consumer: &BaseConsumer,
+    topic: &str,
+    partition: i32,
+    low: i64,
+    high: i64,
+    stall_timeout: Duration,
+) -> Result<(BTreeSet<Vec<u8>>, u64), StateError> {
+    let mut keys = BTreeSet::new();
+    let mut records = 0;
+    if high <= low {
+        return Ok((keys, records));
+    }
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, partition, Offset::Offset(low))
+        .map_err(|e| StateError::Changelog(e.to_string()))?;
+    consumer
+        .assign(&tpl)
+        .map_err(|e| StateError::Changelog(format!("cannot assign {topic}/{partition}: {e}")))?;
+    let mut position = low;
+    let mut last_progress = Instant::now();
+    while position < high {
+        if let Ok(p) = consumer.position() {
+            if let Some(Offset::Offset(o)) = p.find_partition(topic, partition).map(|e| e.offset())
+            {
+                position = position.max(o);
+                if position >= high {
+                    break;
+                }
+            }
+        }
+        let Some(result) = consumer.poll(Duration::from_millis(100)) else {
+            if last_progress.elapsed() > stall_timeout {
+                return Err(StateError::Changelog(format!(
+                    "reading {topic}/{partition} made no progress for {stall_timeout:?} at offset {position} of {high}"
+                )));
+            }
+            continue;
+        };
+        let message = result
+            .map_err(|e| StateError::Changelog(format!("reading {topic}/{partition}: {e}")))?;
+        last_progress = Instant::now();
+        position = message.offset() + 1;
+        records += 1;
+        let key = message.key().unwrap_or_default();
+        if key != CHECKPOINT_KEY && message.payload().is_some() {
+            keys.insert(key.to_vec());
+        } else if key != CHECKPOINT_KEY {
+            keys.remove(key);
+        }
+    }
+    Ok((keys, records))
 }
 
 /// Brings `store` up to the last checkpoint in partition `partition` of `topic`, reading
@@ -98,18 +160,23 @@ pub fn restore(
         .fetch_watermarks(topic, partition, Duration::from_secs(10))
         .map_err(|e| StateError::Changelog(format!("cannot read {topic}/{partition}: {e}")))?;
     let mut restored = Restored::default();
-    if checkpoint.changelog_position >= high {
-        if checkpoint.changelog_position > high {
-            // The store has what the changelog lost (a changelog recreated by hand): the
-            // local state is the better copy; it is written to the changelog as it changes.
-            tracing::warn!(
-                topic,
-                partition,
-                local = checkpoint.changelog_position,
-                high,
-                "Local state is ahead of its changelog; keeping it"
-            );
-        }
+    if checkpoint.changelog_position > high {
+        // The store has what the changelog lost (a changelog recreated by hand, a cluster
+        // that lost data): the local state is the better copy. The caller writes it back;
+        // it needs the keys the changelog has now, to delete those the store does not.
+        tracing::warn!(
+            topic,
+            partition,
+            local = checkpoint.changelog_position,
+            high,
+            "Local state is ahead of its changelog; keeping it and writing it back"
+        );
+        let keys = changelog_keys(&consumer, topic, partition, low, high, stall_timeout)?;
+        restored.records = keys.1;
+        restored.ahead_of_changelog = Some(keys.0);
+        return Ok((checkpoint, restored));
+    }
+    if checkpoint.changelog_position == high {
         return Ok((checkpoint, restored));
     }
     if checkpoint.changelog_position < low {

@@ -70,6 +70,8 @@ pub mod names {
     pub const CHANGELOG_ERRORS: &str = "state_changelog_errors_total";
     /// Restores that found changelog records missing below its low watermark.
     pub const RESTORE_GAPS: &str = "state_restore_gaps_total";
+    /// Entries written to a changelog that had lost them (the local store was ahead).
+    pub const RESEEDED_ENTRIES: &str = "state_changelog_reseeded_entries_total";
     /// How long a batch commit takes (changelog and local transaction).
     pub const COMMIT_SECONDS: &str = "state_commit_seconds";
 }

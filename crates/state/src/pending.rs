@@ -192,12 +192,18 @@ impl<'a> State<'a> {
             None => self
                 .store
                 .get(table.name, key)
-                .map_err(|e| ProcessError::Transient(e.to_string()))?,
+                // The local store failing is not the message's fault: it waits, it is not
+                // dead-lettered (that would lose its update).
+                .map_err(|e| ProcessError::Blocked(format!("reading state: {e}")))?,
         };
         bytes
             .map(|b| {
+                // Neither is a stored value this code cannot read (a corrupt store, or a
+                // deploy that changed the value's type): every later update of the key
+                // would be lost if each were dead-lettered. The partition stalls and says
+                // why, until the code or the store is fixed.
                 serde_json::from_slice(&b).map_err(|e| {
-                    ProcessError::Permanent(format!(
+                    ProcessError::Blocked(format!(
                         "stored value of {}/{key} does not decode: {e}",
                         table.name
                     ))

@@ -186,7 +186,7 @@ impl<S: StatefulProcessor> Stateful<S> {
         lock(&self.tasks)
             .get(&number)
             .and_then(|slot| slot.task.get().cloned())
-            .ok_or_else(|| ProcessError::Transient(format!("no state open for partition {number}")))
+            .ok_or_else(|| ProcessError::Blocked(format!("no state open for partition {number}")))
     }
 
     fn set_status(&self, number: i32, value: Option<serde_json::Value>) {
@@ -255,26 +255,79 @@ impl<S: StatefulProcessor> Stateful<S> {
             Err(e) => return Err(e),
         };
         let entries = store.len().unwrap_or(0);
+        let task = Arc::new(Task {
+            number,
+            store,
+            pending: Mutex::new(Pending::default()),
+            checkpoint: Mutex::new(checkpoint),
+            fenced: std::sync::atomic::AtomicBool::new(false),
+        });
+        let mut reseeded = 0;
+        if let Some(changelog_keys) = restored.ahead_of_changelog {
+            reseeded = self.reseed(&task, changelog_keys).await.inspect_err(|e| {
+                self.set_status(
+                    number,
+                    Some(json!({"partition": number, "state": "failed", "error": e.to_string()})),
+                );
+            })?;
+        }
         self.set_status(
             number,
             Some(json!({
                 "partition": number,
                 "state": "ready",
                 "entries": entries,
-                "changelog_position": checkpoint.changelog_position,
+                "changelog_position": lock(&task.checkpoint).changelog_position,
                 "restored_records": restored.records,
+                "reseeded_entries": reseeded,
                 "restore_seconds": started.elapsed().as_secs_f64(),
             })),
         );
         gauge!(names::ENTRIES, "store" => self.store.clone(), "partition" => number.to_string())
             .set(entries as f64);
-        Ok(Arc::new(Task {
-            number,
-            store,
-            pending: Mutex::new(Pending::default()),
-            checkpoint: Mutex::new(checkpoint),
-            fenced: std::sync::atomic::AtomicBool::new(false),
-        }))
+        Ok(task)
+    }
+
+    /// Writes the whole store back to a changelog that lost it, as one batch (every entry,
+    /// a tombstone for each key the changelog holds and the store does not, then a
+    /// checkpoint with the store's offsets), and moves the store's changelog position
+    /// after it. A crash midway leaves the store ahead of the changelog, and the next
+    /// assignment does this again. Returns the entries written.
+    async fn reseed(
+        &self,
+        task: &Arc<Task>,
+        changelog_keys: BTreeSet<Vec<u8>>,
+    ) -> Result<u64, ProcessError> {
+        let reading = task.clone();
+        let entries = tokio::task::spawn_blocking(move || reading.store.entries())
+            .await
+            .map_err(|e| ProcessError::Transient(format!("state read task: {e}")))?
+            .map_err(|e| ProcessError::Transient(e.to_string()))?;
+        let count = entries.len() as u64;
+        let mut changes: BTreeMap<Vec<u8>, Option<Vec<u8>>> =
+            changelog_keys.into_iter().map(|k| (k, None)).collect();
+        changes.extend(entries.into_iter().map(|(k, v)| (k, Some(v))));
+        let prefix = crate::pending::Prefix {
+            last_seq: 0,
+            changes,
+            sources: HashMap::new(),
+        };
+        let mut checkpoint = lock(&task.checkpoint).clone();
+        // Entries without a source header count for the checkpoint that follows them.
+        let position = self
+            .write_changelog(task, &prefix, &checkpoint.offsets)
+            .await?;
+        checkpoint.changelog_position = position;
+        let writing = task.clone();
+        let written = checkpoint.clone();
+        tokio::task::spawn_blocking(move || writing.store.commit(&BTreeMap::new(), &written))
+            .await
+            .map_err(|e| ProcessError::Transient(format!("state commit task: {e}")))?
+            .map_err(|e| ProcessError::Transient(e.to_string()))?;
+        *lock(&task.checkpoint) = checkpoint;
+        counter!(names::RESEEDED_ENTRIES, "store" => self.store.clone()).increment(count);
+        tracing::warn!(store = %self.store, partition = task.number, entries = count, position, "Wrote the local state back to its changelog");
+        Ok(count)
     }
 
     /// Writes `changes` and then the checkpoint to the changelog; returns the changelog

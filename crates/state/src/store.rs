@@ -33,6 +33,9 @@ pub(crate) fn split_entry_key(k: &[u8]) -> Option<(&str, &str)> {
     (!table.is_empty()).then_some((table, key))
 }
 
+/// An entry as stored: entry key and value bytes.
+pub(crate) type RawEntry = (Vec<u8>, Vec<u8>);
+
 /// What a store's last transaction covers.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Checkpoint {
@@ -154,6 +157,18 @@ impl Store {
             let value = serde_json::from_slice(v.value())
                 .unwrap_or_else(|_| serde_json::Value::String("<not JSON>".to_owned()));
             out.insert((table.to_owned(), key.to_owned()), value);
+        }
+        Ok(out)
+    }
+
+    /// Every entry as stored: entry key (`table \0 key`) and value bytes.
+    pub(crate) fn entries(&self) -> Result<Vec<RawEntry>, StateError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let entries = txn.open_table(ENTRIES).map_err(storage)?;
+        let mut out = Vec::new();
+        for row in entries.iter().map_err(storage)? {
+            let (k, v) = row.map_err(storage)?;
+            out.push((k.value().to_vec(), v.value().to_vec()));
         }
         Ok(out)
     }

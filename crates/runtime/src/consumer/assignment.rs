@@ -647,7 +647,7 @@ async fn assigned_hook<P: Processor>(shared: Arc<Shared<P>>, part: Arc<Partition
             });
         match result {
             Ok(start) => break start,
-            Err(ProcessError::Transient(reason)) => {
+            Err(ProcessError::Transient(reason) | ProcessError::Blocked(reason)) => {
                 counter!(names::ERRORS, "kind" => "on_assigned").increment(1);
                 tracing::warn!(partition = %part.id, error = %reason, attempt, "Assignment hook failed; retrying");
                 part.set_problem(Some(format!(

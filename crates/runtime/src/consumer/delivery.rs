@@ -493,7 +493,7 @@ impl<'a, P: Processor> Pipeline<'a, P> {
                     }
                     return Ok(());
                 }
-                Err(ProcessError::Transient(reason)) => {
+                Err(ProcessError::Transient(reason) | ProcessError::Blocked(reason)) => {
                     counter!(names::ERRORS, "kind" => "commit_batch").increment(1);
                     tracing::warn!(error = %reason, partitions = %names, attempt, "Batch commit failed; retrying");
                     if attempt >= 3 {

@@ -28,6 +28,10 @@ use crate::processor::{Incoming, ProcessError, Processor};
 /// sample, not every message, and a histogram per message is a StatsD line per message.
 const TIMING_SAMPLE: u32 = 64;
 
+/// A message blocked this many attempts shows its partition as stuck (with the reason) in
+/// `/status` until it goes through.
+const BLOCKED_STUCK_AFTER: u32 = 3;
+
 /// Runs `task` (a worker or sender); should it ever panic, its partitions could not make
 /// progress any more, so the service stops with an error instead of wedging.
 pub(crate) async fn supervised<P: Processor>(
@@ -220,7 +224,8 @@ async fn handle<P: Processor>(
         trace,
     };
     let settings = &shared.settings;
-    let mut attempt = 1;
+    let mut attempt: u32 = 1;
+    let mut blocked = false;
     loop {
         // A panicking handler is a bug, but it must not wedge the partition or kill the
         // process in a crash loop: the message is dead-lettered like a permanent failure.
@@ -235,6 +240,10 @@ async fn handle<P: Processor>(
             });
         let (kind, reason) = match result {
             Ok(outputs) => {
+                if blocked && attempt >= BLOCKED_STUCK_AFTER {
+                    tracing::info!(attempt, "Processing unblocked");
+                    part.set_problem(None);
+                }
                 return Some(
                     outputs
                         .into_iter()
@@ -256,6 +265,25 @@ async fn handle<P: Processor>(
                     _ = part.stop().cancelled() => return None,
                 }
                 attempt += 1;
+                continue;
+            }
+            Err(ProcessError::Blocked(reason)) => {
+                // Not the message's fault: it waits (and the partition behind it) until the
+                // instance can process it, however many attempts that takes.
+                counter!(names::ERRORS, "kind" => "blocked").increment(1);
+                let delay = backoff(settings.backoff, settings.max_backoff, attempt);
+                if attempt == BLOCKED_STUCK_AFTER || attempt % 100 == 0 {
+                    tracing::error!(error = %reason, attempt, "Processing blocked; retrying until it can go on");
+                    part.set_problem(Some(format!("processing blocked: {reason}")));
+                } else {
+                    tracing::info!(error = %reason, attempt, delay_ms = delay.as_millis() as u64, "Processing blocked; retrying");
+                }
+                blocked = true;
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = part.stop().cancelled() => return None,
+                }
+                attempt = attempt.saturating_add(1);
                 continue;
             }
         };

@@ -28,8 +28,12 @@ pub struct Behaviour {
     pub start_from: Option<i64>,
 }
 
+/// How many times a message keyed `blocked` is refused as blocked before it goes through.
+pub const BLOCKED_ATTEMPTS: u32 = 12;
+
 /// Records every processed (partition, offset), and fails on chosen keys:
-/// `permanent` fails permanently, `transient` always transiently, `flaky` once, `panic` panics.
+/// `permanent` fails permanently, `transient` always transiently, `flaky` once, `panic` panics,
+/// `blocked` is blocked `BLOCKED_ATTEMPTS` times.
 #[derive(Debug, Clone, Default)]
 pub struct Recorder {
     pub processed: Arc<Mutex<Vec<(i32, i64)>>>,
@@ -96,6 +100,9 @@ impl Processor for Recorder {
             Some("permanent") => return Err(ProcessError::Permanent("refused".into())),
             Some("transient") => return Err(ProcessError::Transient("still down".into())),
             Some("flaky") if attempt == 1 => return Err(ProcessError::Transient("blip".into())),
+            Some("blocked") if attempt <= BLOCKED_ATTEMPTS => {
+                return Err(ProcessError::Blocked("local state unreadable".into()));
+            }
             Some("panic") => panic!("handler bug"),
             _ => {}
         }
