@@ -190,7 +190,10 @@ pub trait Processor: Send + Sync + 'static {
     /// its first message is processed after it: restore local state here, and say where
     /// to start reading. A transient error is retried with backoff (the partition shows as
     /// stuck meanwhile); a permanent error or a panic stops the service with an error, so
-    /// that the orchestrator restarts it rather than leave the partition unserved.
+    /// that the orchestrator restarts it rather than leave the partition unserved. When
+    /// the partition is revoked or lost while this runs, the future is dropped at its next
+    /// await (and `on_revoked` is not called for it): leave nothing half-done that a later
+    /// call cannot finish.
     fn on_assigned(
         &self,
         _partition: &PartitionId,

@@ -37,6 +37,15 @@ pub const HEADER_KIND: &str = "state.kind";
 pub struct CheckpointRecord {
     /// Next input offset per input partition (`topic/partition`).
     pub offsets: BTreeMap<String, i64>,
+    /// Set on the checkpoint that ends a re-seed: the entries it vouches for are those
+    /// whose source is `reseed:<id>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reseed: Option<i64>,
+}
+
+/// The `state.source` of the entries of re-seed `id`.
+pub(crate) fn reseed_source(id: i64) -> String {
+    format!("reseed:{id}")
 }
 
 /// Headers of an entry record.
@@ -47,13 +56,29 @@ pub(crate) fn entry_headers(source: &str) -> OwnedHeaders {
     })
 }
 
-/// An entry read after the last checkpoint: its value, and the input that wrote it.
-type Staged = (Option<Vec<u8>>, Option<(String, i64)>);
+/// What wrote a changelog entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Source {
+    /// The input at `topic/partition`, offset.
+    Input(String, i64),
+    /// Re-seed `id` (the whole store written back).
+    Reseed(i64),
+    /// Nothing this code recognises: never vouched for by a checkpoint.
+    Unknown,
+}
 
-/// `topic/partition@offset` → (`topic/partition`, offset).
-fn parse_source(source: &str) -> Option<(String, i64)> {
-    let (input, offset) = source.rsplit_once('@')?;
-    Some((input.to_owned(), offset.parse().ok()?))
+/// An entry read after the last checkpoint: its value, and what wrote it.
+type Staged = (Option<Vec<u8>>, Source);
+
+/// `topic/partition@offset` or `reseed:<id>`.
+fn parse_source(source: &str) -> Source {
+    if let Some(id) = source.strip_prefix("reseed:") {
+        return id.parse().map_or(Source::Unknown, Source::Reseed);
+    }
+    source
+        .rsplit_once('@')
+        .and_then(|(input, offset)| Some(Source::Input(input.to_owned(), offset.parse().ok()?)))
+        .unwrap_or(Source::Unknown)
 }
 
 /// Headers of a checkpoint record.
@@ -160,7 +185,8 @@ pub fn restore(
         .fetch_watermarks(topic, partition, Duration::from_secs(10))
         .map_err(|e| StateError::Changelog(format!("cannot read {topic}/{partition}: {e}")))?;
     let mut restored = Restored::default();
-    if checkpoint.changelog_position > high {
+    let reseed_pending = store.reseed_pending()?;
+    if checkpoint.changelog_position > high || reseed_pending.is_some() {
         // The store has what the changelog lost (a changelog recreated by hand, a cluster
         // that lost data): the local state is the better copy. The caller writes it back;
         // it needs the keys the changelog has now, to delete those the store does not.
@@ -169,7 +195,8 @@ pub fn restore(
             partition,
             local = checkpoint.changelog_position,
             high,
-            "Local state is ahead of its changelog; keeping it and writing it back"
+            reseed_pending,
+            "Local state is ahead of its changelog (or its write-back was interrupted); keeping it and writing it back"
         );
         let keys = changelog_keys(&consumer, topic, partition, low, high, stall_timeout)?;
         restored.records = keys.1;
@@ -255,10 +282,16 @@ pub fn restore(
             // attempt that never reached its checkpoint (a crash, a lost assignment) names
             // an input outside this batch, and is dropped.
             for (k, (value, source)) in std::mem::take(&mut staged) {
-                let inside = source.as_ref().is_none_or(|(input, offset)| {
-                    previous.get(input).is_none_or(|from| offset >= from)
-                        && record.offsets.get(input).is_some_and(|to| offset < to)
-                });
+                let inside = match &source {
+                    Source::Input(input, offset) => {
+                        previous.get(input).is_none_or(|from| offset >= from)
+                            && record.offsets.get(input).is_some_and(|to| offset < to)
+                    }
+                    // A re-seed's entries count only at its own checkpoint: left behind by
+                    // an interrupted re-seed, they must not ride on another owner's.
+                    Source::Reseed(id) => record.reseed == Some(*id),
+                    Source::Unknown => false,
+                };
                 if inside {
                     ready.insert(k, value);
                 } else {
@@ -284,7 +317,7 @@ pub fn restore(
                 .and_then(|hs| hs.iter().find(|h| h.key == HEADER_SOURCE))
                 .and_then(|h| h.value)
                 .and_then(|v| std::str::from_utf8(v).ok())
-                .and_then(parse_source);
+                .map_or(Source::Unknown, parse_source);
             staged.insert(
                 key.to_vec(),
                 (message.payload().map(<[u8]>::to_vec), source),

@@ -18,7 +18,7 @@ mod stateful;
 mod store;
 
 pub use pending::{State, Table};
-pub use stateful::{Stateful, StatefulProcessor};
+pub use stateful::{ReadError, StateReader, Stateful, StatefulProcessor};
 pub use store::{Checkpoint, Store};
 
 use sha2::{Digest, Sha256};

@@ -29,7 +29,7 @@ use tributary_runtime::{
 };
 
 use crate::changelog::{self, CHECKPOINT_KEY, CheckpointRecord};
-use crate::pending::{Pending, State};
+use crate::pending::{Pending, State, Table};
 use crate::store::{Checkpoint, Store};
 use crate::{StateError, names};
 
@@ -61,7 +61,7 @@ pub struct Stateful<S> {
     inner: S,
     store: String,
     context: OnceLock<Context>,
-    tasks: Mutex<HashMap<i32, Arc<Slot>>>,
+    tasks: Arc<Mutex<HashMap<i32, Arc<Slot>>>>,
     status: Mutex<BTreeMap<i32, serde_json::Value>>,
     crash: Option<CrashAt>,
 }
@@ -88,6 +88,9 @@ impl std::fmt::Debug for Context {
 struct Slot {
     task: tokio::sync::OnceCell<Arc<Task>>,
     members: Mutex<BTreeSet<PartitionId>>,
+    /// Raised by `fence`, shared with the task: it reaches a restore or re-seed still
+    /// opening the task, which nothing else can reach yet.
+    fenced: Arc<std::sync::atomic::AtomicBool>,
 }
 
 #[derive(Debug)]
@@ -98,7 +101,7 @@ struct Task {
     /// What the store's last transaction covers.
     checkpoint: Mutex<Checkpoint>,
     /// Another instance may own the partitions now: write nothing more.
-    fenced: std::sync::atomic::AtomicBool,
+    fenced: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Task {
@@ -110,6 +113,101 @@ impl Task {
             )));
         }
         Ok(())
+    }
+}
+
+/// Why a [`StateReader`] could not answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReadError {
+    /// Another instance owns the partition (or nobody does yet).
+    #[error("partition {0} is not owned by this instance")]
+    NotOwned(i32),
+    /// This instance owns it and is restoring its state.
+    #[error("partition {0} is restoring its state")]
+    Restoring(i32),
+    /// The store failed, or a value does not decode.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// Reads the committed state of the partitions this instance owns (what the last batch
+/// commit wrote; processed messages not yet committed are not visible). Reads block on
+/// the local database: call them off the async runtime's threads.
+#[derive(Debug, Clone)]
+pub struct StateReader {
+    tasks: Arc<Mutex<HashMap<i32, Arc<Slot>>>>,
+}
+
+impl StateReader {
+    fn task(&self, partition: i32) -> Result<Arc<Task>, ReadError> {
+        let slot = lock(&self.tasks)
+            .get(&partition)
+            .cloned()
+            .ok_or(ReadError::NotOwned(partition))?;
+        let task = slot
+            .task
+            .get()
+            .cloned()
+            .ok_or(ReadError::Restoring(partition))?;
+        if task.fenced.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(ReadError::NotOwned(partition));
+        }
+        Ok(task)
+    }
+
+    /// The partition numbers whose state this instance holds and serves.
+    pub fn owned(&self) -> Vec<i32> {
+        let mut owned: Vec<i32> = lock(&self.tasks)
+            .iter()
+            .filter(|(_, slot)| {
+                slot.task
+                    .get()
+                    .is_some_and(|t| !t.fenced.load(std::sync::atomic::Ordering::Acquire))
+            })
+            .map(|(p, _)| *p)
+            .collect();
+        owned.sort_unstable();
+        owned
+    }
+
+    /// The committed value of `key` in `table` of partition `partition`.
+    pub fn get<V: serde::de::DeserializeOwned>(
+        &self,
+        partition: i32,
+        table: &Table<V>,
+        key: &str,
+    ) -> Result<Option<V>, ReadError> {
+        let task = self.task(partition)?;
+        let bytes = task
+            .store
+            .get(table.name(), key)
+            .map_err(|e| ReadError::Failed(e.to_string()))?;
+        bytes
+            .map(|b| serde_json::from_slice(&b).map_err(|e| ReadError::Failed(e.to_string())))
+            .transpose()
+    }
+
+    /// The committed entries of `table` of partition `partition` with keys in
+    /// `[from, to)`, at most `limit`.
+    pub fn range<V: serde::de::DeserializeOwned>(
+        &self,
+        partition: i32,
+        table: &Table<V>,
+        from: &str,
+        to: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, V)>, ReadError> {
+        let task = self.task(partition)?;
+        task.store
+            .range(table.name(), from, to, limit)
+            .map_err(|e| ReadError::Failed(e.to_string()))?
+            .into_iter()
+            .map(|(k, b)| {
+                serde_json::from_slice(&b)
+                    .map(|v| (k, v))
+                    .map_err(|e| ReadError::Failed(e.to_string()))
+            })
+            .collect()
     }
 }
 
@@ -155,6 +253,38 @@ fn crash_point(crash: Option<&CrashAt>, step: &str) {
     }
 }
 
+/// A store whose last commit is older than this is discarded and restored from the
+/// changelog: a deletion it missed may be gone from the changelog, whose tombstones are
+/// kept for [`TOMBSTONE_RETENTION_MS`] (resuming from the old position would resurrect the
+/// entry).
+const STALE_AFTER_MS: i64 = 6 * 86_400_000;
+/// The changelog's `delete.retention.ms`.
+const TOMBSTONE_RETENTION_MS: i64 = 7 * 86_400_000;
+
+fn chrono_free_now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// Wipes `store` when its last commit is older than [`STALE_AFTER_MS`].
+fn discard_if_stale(store: &Store, name: &str, number: i32) -> Result<(), StateError> {
+    let Some(at) = store.committed_at()? else {
+        return Ok(());
+    };
+    let age = chrono_free_now_ms().saturating_sub(at);
+    if age > STALE_AFTER_MS && store.reseed_pending()?.is_none() {
+        tracing::warn!(
+            store = name,
+            partition = number,
+            age_hours = age / 3_600_000,
+            "Local state is older than the changelog keeps deletions; discarding it and restoring from the changelog"
+        );
+        store.wipe()?;
+    }
+    Ok(())
+}
+
 /// How long a restore may go without reading anything before it is retried.
 const RESTORE_STALL: Duration = Duration::from_secs(30);
 
@@ -165,7 +295,7 @@ impl<S: StatefulProcessor> Stateful<S> {
             inner,
             store: store.to_owned(),
             context: OnceLock::new(),
-            tasks: Mutex::new(HashMap::new()),
+            tasks: Arc::new(Mutex::new(HashMap::new())),
             status: Mutex::new(BTreeMap::new()),
             crash: CrashAt::from_env(),
         }
@@ -174,6 +304,14 @@ impl<S: StatefulProcessor> Stateful<S> {
     /// The service's own logic.
     pub fn inner(&self) -> &S {
         &self.inner
+    }
+
+    /// Read access to the committed state of the partitions this instance owns, for a
+    /// query API.
+    pub fn reader(&self) -> StateReader {
+        StateReader {
+            tasks: self.tasks.clone(),
+        }
     }
 
     fn context(&self) -> Result<&Context, ProcessError> {
@@ -204,7 +342,11 @@ impl<S: StatefulProcessor> Stateful<S> {
     }
 
     /// Opens partition `number`'s store and restores it from the changelog.
-    async fn open(&self, number: i32) -> Result<Arc<Task>, ProcessError> {
+    async fn open(
+        &self,
+        number: i32,
+        fenced: Arc<std::sync::atomic::AtomicBool>,
+    ) -> Result<Arc<Task>, ProcessError> {
         let context = self.context()?;
         let path = context.dir.join(format!("p{number}.redb"));
         let client = context.client.clone();
@@ -218,8 +360,10 @@ impl<S: StatefulProcessor> Stateful<S> {
         );
         let started = Instant::now();
         let progress_blocker = blocker.clone();
+        let stale_name = self.store.clone();
         let result = tokio::task::spawn_blocking(move || {
             let store = Store::open(&path)?;
+            discard_if_stale(&store, &stale_name, number)?;
             let (checkpoint, restored) = changelog::restore(
                 &store,
                 &client,
@@ -260,7 +404,7 @@ impl<S: StatefulProcessor> Stateful<S> {
             store,
             pending: Mutex::new(Pending::default()),
             checkpoint: Mutex::new(checkpoint),
-            fenced: std::sync::atomic::AtomicBool::new(false),
+            fenced,
         });
         let mut reseeded = 0;
         if let Some(changelog_keys) = restored.ahead_of_changelog {
@@ -304,18 +448,35 @@ impl<S: StatefulProcessor> Stateful<S> {
             .map_err(|e| ProcessError::Transient(format!("state read task: {e}")))?
             .map_err(|e| ProcessError::Transient(e.to_string()))?;
         let count = entries.len() as u64;
+        // The re-seed is marked in the store before anything is written: one that stops
+        // partway (a crash, a failed delivery, a lost assignment) is done again in full on
+        // the next open, whatever the changelog's end says by then.
+        let id = match task.store.reseed_pending() {
+            Ok(Some(id)) => id,
+            _ => chrono_free_now_ms(),
+        };
+        let marking = task.clone();
+        tokio::task::spawn_blocking(move || marking.store.begin_reseed(id))
+            .await
+            .map_err(|e| ProcessError::Transient(format!("state commit task: {e}")))?
+            .map_err(|e| ProcessError::Transient(e.to_string()))?;
         let mut changes: BTreeMap<Vec<u8>, Option<Vec<u8>>> =
             changelog_keys.into_iter().map(|k| (k, None)).collect();
         changes.extend(entries.into_iter().map(|(k, v)| (k, Some(v))));
+        // Its entries count only at its own checkpoint (see `changelog::restore`).
+        let source = changelog::reseed_source(id);
+        let sources = changes
+            .keys()
+            .map(|k| (k.clone(), source.clone()))
+            .collect();
         let prefix = crate::pending::Prefix {
             last_seq: 0,
             changes,
-            sources: HashMap::new(),
+            sources,
         };
         let mut checkpoint = lock(&task.checkpoint).clone();
-        // Entries without a source header count for the checkpoint that follows them.
         let position = self
-            .write_changelog(task, &prefix, &checkpoint.offsets)
+            .write_changelog(task, &prefix, &checkpoint.offsets, Some(id))
             .await?;
         checkpoint.changelog_position = position;
         let writing = task.clone();
@@ -337,6 +498,7 @@ impl<S: StatefulProcessor> Stateful<S> {
         task: &Task,
         prefix: &crate::pending::Prefix,
         offsets: &BTreeMap<String, i64>,
+        reseed: Option<i64>,
     ) -> Result<i64, ProcessError> {
         let context = self.context()?;
         let transient = |what: &str, e: &dyn std::fmt::Display| {
@@ -374,6 +536,7 @@ impl<S: StatefulProcessor> Stateful<S> {
         // restore can never meet a checkpoint whose entries are missing.
         let payload = serde_json::to_vec(&CheckpointRecord {
             offsets: offsets.clone(),
+            reseed,
         })
         .map_err(|e| ProcessError::Permanent(e.to_string()))?;
         crash_point(self.crash.as_ref(), "before_checkpoint");
@@ -473,7 +636,10 @@ impl<S: StatefulProcessor> Processor for Stateful<S> {
             .with_config("cleanup.policy", "compact")
             // A value superseded by a change that never committed must survive until the
             // batch is processed again: compaction waits a day.
-            .with_config("min.compaction.lag.ms", "86400000");
+            .with_config("min.compaction.lag.ms", "86400000")
+            // Deletions stay a week: a store older than six days is restored afresh
+            // rather than resumed (see `discard_if_stale`).
+            .with_config("delete.retention.ms", &TOMBSTONE_RETENTION_MS.to_string());
         topics::apply(&admin, &[spec], -1, false)
             .await
             .map_err(|e| ProcessError::Transient(e.to_string()))?;
@@ -509,9 +675,16 @@ impl<S: StatefulProcessor> Processor for Stateful<S> {
             .entry(partition.partition)
             .or_default()
             .clone();
+        if slot.task.get().is_none() {
+            // A new ownership: a fence raised against an earlier one (whose open was
+            // cancelled) does not hold against this one.
+            slot.fenced
+                .store(false, std::sync::atomic::Ordering::Release);
+        }
+        let fenced = slot.fenced.clone();
         let task = slot
             .task
-            .get_or_try_init(|| self.open(partition.partition))
+            .get_or_try_init(|| self.open(partition.partition, fenced))
             .await?
             .clone();
         lock(&slot.members).insert(partition.clone());
@@ -528,11 +701,9 @@ impl<S: StatefulProcessor> Processor for Stateful<S> {
     }
 
     fn fence(&self, partition: &PartitionId) {
-        let task = lock(&self.tasks)
-            .get(&partition.partition)
-            .and_then(|slot| slot.task.get().cloned());
-        if let Some(task) = task {
-            task.fenced
+        // On the slot, so that it also stops a task still opening (a restore or re-seed).
+        if let Some(slot) = lock(&self.tasks).get(&partition.partition) {
+            slot.fenced
                 .store(true, std::sync::atomic::Ordering::Release);
         }
     }
@@ -580,7 +751,7 @@ impl<S: StatefulProcessor> Processor for Stateful<S> {
             *offset = (*offset).max(*next);
         }
         let position = self
-            .write_changelog(&task, &prefix, &checkpoint.offsets)
+            .write_changelog(&task, &prefix, &checkpoint.offsets, None)
             .await?;
         checkpoint.changelog_position = position;
         crash_point(self.crash.as_ref(), "before_state_commit");

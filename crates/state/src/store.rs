@@ -14,6 +14,11 @@ const ENTRIES: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("entries
 /// Bookkeeping: input offsets (`offset:<topic>/<partition>`) and the changelog position.
 const META: TableDefinition<'_, &str, i64> = TableDefinition::new("meta");
 const CHANGELOG_POSITION: &str = "changelog";
+/// Set while the store is being written back to its changelog (see `Stateful`): the id of
+/// that re-seed, cleared by the next commit.
+const RESEED: &str = "reseed";
+/// Wall-clock milliseconds of the last commit.
+const COMMITTED_AT: &str = "committed_at";
 const OFFSET_PREFIX: &str = "offset:";
 
 /// The entry key of `key` in `table`: the table name, a NUL, the key.
@@ -50,6 +55,12 @@ pub struct Checkpoint {
 pub struct Store {
     db: Database,
     path: PathBuf,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 fn storage(e: impl std::fmt::Display) -> StateError {
@@ -91,6 +102,37 @@ impl Store {
             .map_err(storage)?
             .map(|v| v.value().to_vec());
         Ok(value)
+    }
+
+    /// The committed entries of `table` whose keys lie in `[from, to)`, in key order, at
+    /// most `limit` of them.
+    pub fn range(
+        &self,
+        table: &str,
+        from: &str,
+        to: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, StateError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let entries = txn.open_table(ENTRIES).map_err(storage)?;
+        let (low, high) = (entry_key(table, from), entry_key(table, to));
+        let mut out = Vec::new();
+        if low >= high {
+            return Ok(out);
+        }
+        for row in entries
+            .range(low.as_slice()..high.as_slice())
+            .map_err(storage)?
+        {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, v) = row.map_err(storage)?;
+            if let Some((_, key)) = split_entry_key(k.value()) {
+                out.push((key.to_owned(), v.value().to_vec()));
+            }
+        }
+        Ok(out)
     }
 
     /// What the store's last transaction covers.
@@ -139,9 +181,56 @@ impl Store {
             }
             meta.insert(CHANGELOG_POSITION, checkpoint.changelog_position)
                 .map_err(storage)?;
+            meta.insert(COMMITTED_AT, now_ms()).map_err(storage)?;
+            // A commit follows a changelog write that ended in a checkpoint: whatever
+            // re-seed was pending, the changelog is consistent with the store again.
+            meta.remove(RESEED).map_err(storage)?;
         }
         txn.commit().map_err(storage)?;
         Ok(())
+    }
+
+    /// The id of a re-seed begun and not finished, if any.
+    pub fn reseed_pending(&self) -> Result<Option<i64>, StateError> {
+        self.meta(RESEED)
+    }
+
+    /// Records, durably, that a re-seed with `id` begins.
+    pub(crate) fn begin_reseed(&self, id: i64) -> Result<(), StateError> {
+        let txn = self.db.begin_write().map_err(storage)?;
+        {
+            let mut meta = txn.open_table(META).map_err(storage)?;
+            meta.insert(RESEED, id).map_err(storage)?;
+        }
+        txn.commit().map_err(storage)
+    }
+
+    /// Wall-clock milliseconds of the last commit (`None` for a store that never committed,
+    /// or was written before this was recorded).
+    pub fn committed_at(&self) -> Result<Option<i64>, StateError> {
+        self.meta(COMMITTED_AT)
+    }
+
+    /// Forgets every entry, offset and position: the store starts over (restored from the
+    /// changelog's beginning).
+    pub(crate) fn wipe(&self) -> Result<(), StateError> {
+        let txn = self.db.begin_write().map_err(storage)?;
+        txn.delete_table(ENTRIES).map_err(storage)?;
+        txn.delete_table(META).map_err(storage)?;
+        // Reads never meet a missing table (see `open`).
+        txn.open_table(ENTRIES).map_err(storage)?;
+        txn.open_table(META).map_err(storage)?;
+        txn.commit().map_err(storage)
+    }
+
+    fn meta(&self, key: &str) -> Result<Option<i64>, StateError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let meta = match txn.open_table(META) {
+            Ok(meta) => meta,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(storage(e)),
+        };
+        Ok(meta.get(key).map_err(storage)?.map(|v| v.value()))
     }
 
     /// Every entry, as `(table, key) → JSON value`: for inspection and tests.

@@ -636,15 +636,22 @@ async fn assigned_hook<P: Processor>(shared: Arc<Shared<P>>, part: Arc<Partition
     let mut attempt = 0;
     let start = loop {
         attempt += 1;
-        let result = std::panic::AssertUnwindSafe(shared.processor.on_assigned(&part.id))
-            .catch_unwind()
-            .await
-            .unwrap_or_else(|panic| {
-                Err(ProcessError::Permanent(format!(
-                    "on_assigned panicked: {}",
-                    worker::panic_text(&*panic)
-                )))
-            });
+        // A revocation or a lost assignment cancels a hook still running (a long restore):
+        // the partition is not ours to prepare any more, and the rebalance must not wait
+        // for it. Its `on_revoked` never runs, since it never became ready.
+        let hook =
+            std::panic::AssertUnwindSafe(shared.processor.on_assigned(&part.id)).catch_unwind();
+        let result = tokio::select! {
+            biased;
+            _ = part.stop().cancelled() => return,
+            result = hook => result,
+        }
+        .unwrap_or_else(|panic| {
+            Err(ProcessError::Permanent(format!(
+                "on_assigned panicked: {}",
+                worker::panic_text(&*panic)
+            )))
+        });
         match result {
             Ok(start) => break start,
             Err(ProcessError::Transient(reason) | ProcessError::Blocked(reason)) => {

@@ -115,7 +115,13 @@ pub(crate) async fn run<P: Processor>(
             offset,
             trace_id = tracing::field::Empty,
         );
-        let Some(records) = handle(&shared, &part, &message).instrument(span).await else {
+        // A message blocked for a while first commits what the batch already holds: the
+        // messages before it are done, and must not wait (or be re-run) with it.
+        let mut on_blocked = || end_batch(&out, &mut batch);
+        let Some(records) = handle(&shared, &part, &message, &mut on_blocked)
+            .instrument(span)
+            .await
+        else {
             // Stopped mid-retry: this message and the rest stay unfinished.
             break;
         };
@@ -178,6 +184,7 @@ async fn handle<P: Processor>(
     shared: &Shared<P>,
     part: &Partition,
     message: &OwnedMessage,
+    on_blocked: &mut (dyn FnMut() + Send),
 ) -> Option<Vec<OutRecord>> {
     // rdkafka panics on a header name that is not UTF-8 (any producer can send one): a
     // bad header must not kill the worker, it only loses the trace it might carry.
@@ -224,9 +231,11 @@ async fn handle<P: Processor>(
         trace,
     };
     let settings = &shared.settings;
+    // Failed attempts (transient and permanent count towards dead-lettering) and blocked
+    // ones (which never do) are counted apart.
     let mut attempt: u32 = 1;
-    let mut blocked = false;
-    loop {
+    let mut blocked: u32 = 0;
+    let outcome = loop {
         // A panicking handler is a bug, but it must not wedge the partition or kill the
         // process in a crash loop: the message is dead-lettered like a permanent failure.
         let result = std::panic::AssertUnwindSafe(shared.processor.process(incoming.clone()))
@@ -240,11 +249,7 @@ async fn handle<P: Processor>(
             });
         let (kind, reason) = match result {
             Ok(outputs) => {
-                if blocked && attempt >= BLOCKED_STUCK_AFTER {
-                    tracing::info!(attempt, "Processing unblocked");
-                    part.set_problem(None);
-                }
-                return Some(
+                break Some(
                     outputs
                         .into_iter()
                         .map(|o| OutRecord::from_output(o, &incoming.trace))
@@ -262,7 +267,7 @@ async fn handle<P: Processor>(
                 tracing::info!(error = %reason, attempt, delay_ms = delay.as_millis() as u64, "Transient failure; retrying");
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
-                    _ = part.stop().cancelled() => return None,
+                    _ = part.stop().cancelled() => break None,
                 }
                 attempt += 1;
                 continue;
@@ -271,19 +276,21 @@ async fn handle<P: Processor>(
                 // Not the message's fault: it waits (and the partition behind it) until the
                 // instance can process it, however many attempts that takes.
                 counter!(names::ERRORS, "kind" => "blocked").increment(1);
-                let delay = backoff(settings.backoff, settings.max_backoff, attempt);
-                if attempt == BLOCKED_STUCK_AFTER || attempt % 100 == 0 {
-                    tracing::error!(error = %reason, attempt, "Processing blocked; retrying until it can go on");
+                blocked = blocked.saturating_add(1);
+                if blocked == 1 {
+                    on_blocked();
+                }
+                let delay = backoff(settings.backoff, settings.max_backoff, blocked);
+                if blocked == BLOCKED_STUCK_AFTER || blocked % 100 == 0 {
+                    tracing::error!(error = %reason, attempts = blocked, "Processing blocked; retrying until it can go on");
                     part.set_problem(Some(format!("processing blocked: {reason}")));
                 } else {
-                    tracing::info!(error = %reason, attempt, delay_ms = delay.as_millis() as u64, "Processing blocked; retrying");
+                    tracing::info!(error = %reason, attempts = blocked, delay_ms = delay.as_millis() as u64, "Processing blocked; retrying");
                 }
-                blocked = true;
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
-                    _ = part.stop().cancelled() => return None,
+                    _ = part.stop().cancelled() => break None,
                 }
-                attempt = attempt.saturating_add(1);
                 continue;
             }
         };
@@ -296,8 +303,15 @@ async fn handle<P: Processor>(
             message: reason,
             attempts: attempt,
         };
-        return Some(vec![dead_letter(shared, message, &letter)]);
+        break Some(vec![dead_letter(shared, message, &letter)]);
+    };
+    // However it ended (processed, dead-lettered, stopped), the message no longer blocks
+    // its partition.
+    if blocked >= BLOCKED_STUCK_AFTER {
+        tracing::info!(attempts = blocked, "Processing unblocked");
+        part.set_problem(None);
     }
+    outcome
 }
 
 fn dead_letter<P>(shared: &Shared<P>, message: &OwnedMessage, letter: &DeadLetter) -> OutRecord {
