@@ -1,0 +1,544 @@
+//! The aggregation over one task's state: per-product windows from the activity stream,
+//! each product's brand from the catalog, activity re-keyed by brand through the
+//! repartition topic, and per-brand windows from it.
+//!
+//! A task is partition p of the activity, products and repartition topics (co-partitioned:
+//! equal partition counts). Product windows and the product → brand table live with the
+//! product's activity; a brand's windows live with partition p of the repartition topic,
+//! wherever its products are. Each dimension has its own stream time (the latest event
+//! time it saw); a window closes when its dimension's stream time passes its end plus the
+//! grace period, and is forgotten after the retention.
+
+use chrono::Utc;
+use metrics::counter;
+use serde::{Deserialize, Serialize};
+use tributary_events::{Activity, Dimension, Envelope, Event, WindowSize};
+use tributary_runtime::{Batching, Incoming, Output, ProcessError};
+use tributary_state::{State, StatefulProcessor, Table, output_id};
+
+use crate::window::{
+    self, Due, SIZES, WindowState, due_key, due_time, due_until, parse_state_key, size_ms,
+    start_of, state_key,
+};
+
+/// Windows, by [`window::state_key`].
+pub const WINDOWS: Table<WindowState> = Table::new("window");
+/// What is due when, by [`window::due_key`]; one table per dimension (each has its own
+/// stream time).
+pub const DUE_PRODUCT: Table<Due> = Table::new("due.product");
+/// See [`DUE_PRODUCT`].
+pub const DUE_BRAND: Table<Due> = Table::new("due.brand");
+/// Product id → brand id.
+pub const BRANDS: Table<String> = Table::new("brand");
+/// Activity waiting for its product's brand, by `<product id>|<origin>`.
+pub const HELD: Table<Held> = Table::new("held");
+/// Bookkeeping: stream times, next due times, held count, repartition high-water marks.
+pub const META: Table<i64> = Table::new("meta");
+
+/// How many due windows one message closes at most (the rest close with the next ones).
+const CLOSE_PER_MESSAGE: usize = 5_000;
+/// How many held events one product releases per message at most.
+const RELEASE_PER_MESSAGE: usize = 10_000;
+
+/// Metric names of aggregation (before the configured prefix).
+pub mod names {
+    /// Counter, tag `dim`: events too late for their window, dead-lettered.
+    pub const LATE: &str = "aggregation.late";
+    /// Counter: repartition records seen before (re-sent after a crash), skipped.
+    pub const DUPLICATES: &str = "aggregation.repartition.duplicates";
+    /// Counter: activity held until its product's brand is known.
+    pub const HELD: &str = "aggregation.held";
+    /// Counter, tags `dim`, `final`: window values published.
+    pub const PUBLISHED: &str = "aggregation.published";
+}
+
+/// An activity event waiting for its product's brand.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Held {
+    /// The event.
+    pub activity: Activity,
+    /// Its event time.
+    pub time: chrono::DateTime<Utc>,
+}
+
+/// The aggregation's settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Activity topic (input).
+    pub activity: String,
+    /// Products topic (input, for brands).
+    pub products: String,
+    /// Repartition topic (output and input).
+    pub repartition: String,
+    /// Aggregates topic (output).
+    pub output: String,
+    /// How late an event may be for its window, ms.
+    pub grace_ms: i64,
+    /// Interim values of one window are published at most this often, ms.
+    pub interim_ms: i64,
+    /// How long a closed window stays queryable, ms after its end.
+    pub retention_ms: i64,
+    /// Activity held for unknown products, per partition, at most.
+    pub max_held: i64,
+    /// State commit batches.
+    pub batching: Batching,
+}
+
+/// The aggregation processor.
+#[derive(Debug)]
+pub struct Aggregator {
+    settings: Settings,
+}
+
+impl Aggregator {
+    /// An aggregator with `settings`.
+    pub fn new(settings: Settings) -> Aggregator {
+        Aggregator { settings }
+    }
+}
+
+/// Keys of [`META`].
+fn stream_time_key(dim: Dimension) -> &'static str {
+    match dim {
+        Dimension::Product => "stream_time.product",
+        Dimension::Brand => "stream_time.brand",
+    }
+}
+
+fn next_due_key(dim: Dimension) -> &'static str {
+    match dim {
+        Dimension::Product => "next_due.product",
+        Dimension::Brand => "next_due.brand",
+    }
+}
+
+fn due_table(dim: Dimension) -> &'static Table<Due> {
+    match dim {
+        Dimension::Product => &DUE_PRODUCT,
+        Dimension::Brand => &DUE_BRAND,
+    }
+}
+
+const HELD_COUNT: &str = "held";
+
+/// Where a repartition record came from, for de-duplication: the activity record itself
+/// (`d|topic/partition@offset`), or the product record that released it from the hold
+/// (`r|topic/partition@offset#index`). Within one stream the markers only grow, because a
+/// task processes each input partition in order and re-sends a batch in the same order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    stream: String,
+    offset: i64,
+    index: i64,
+}
+
+impl Origin {
+    fn direct(message: &Incoming) -> Origin {
+        Origin {
+            stream: format!("d|{}/{}", message.topic, message.partition),
+            offset: message.offset,
+            index: 0,
+        }
+    }
+
+    fn released(message: &Incoming, index: usize) -> Origin {
+        Origin {
+            stream: format!("r|{}/{}", message.topic, message.partition),
+            offset: message.offset,
+            index: index as i64,
+        }
+    }
+
+    /// As written in the repartition envelope's `source`.
+    fn encode(&self) -> String {
+        format!("aggregation {} {} {}", self.stream, self.offset, self.index)
+    }
+
+    fn decode(source: &str) -> Option<Origin> {
+        let mut parts = source.strip_prefix("aggregation ")?.split(' ');
+        let stream = parts.next()?.to_owned();
+        let offset = parts.next()?.parse().ok()?;
+        let index = parts.next()?.parse().ok()?;
+        Some(Origin {
+            stream,
+            offset,
+            index,
+        })
+    }
+
+    /// The offset and index as one ordered number (indexes stay below a million).
+    fn position(&self) -> i64 {
+        self.offset
+            .saturating_mul(1_000_000)
+            .saturating_add(self.index)
+    }
+}
+
+fn event_time(message: &Incoming, activity: &Activity) -> chrono::DateTime<Utc> {
+    activity
+        .time
+        .or_else(|| message.envelope.as_ref().map(|e| e.time))
+        .unwrap_or_else(Utc::now)
+}
+
+impl Aggregator {
+    fn meta(state: &State<'_>, key: &str) -> Result<Option<i64>, ProcessError> {
+        state.get(&META, key)
+    }
+
+    /// Counts `activity` at `time_ms` in `dim`/`id`'s windows, refusing it when it is late
+    /// for its smallest window; publishes what the rate limit allows.
+    fn count(
+        &self,
+        state: &mut State<'_>,
+        dim: Dimension,
+        id: &str,
+        activity: &Activity,
+        time_ms: i64,
+        out: &mut Vec<WindowOut>,
+    ) -> Result<(), ProcessError> {
+        let stream_time = Self::meta(state, stream_time_key(dim))?.unwrap_or(i64::MIN);
+        let minute_end = start_of(WindowSize::Minute, time_ms) + size_ms(WindowSize::Minute);
+        if minute_end.saturating_add(self.settings.grace_ms) <= stream_time {
+            counter!(names::LATE, "dim" => dim.as_str()).increment(1);
+            return Err(ProcessError::Permanent(format!(
+                "late: event time {} is past the grace period ({} ms) of its 1m window for {} {id}, closed at stream time {}",
+                window::millis(time_ms).to_rfc3339(),
+                self.settings.grace_ms,
+                dim.as_str(),
+                window::millis(stream_time).to_rfc3339(),
+            )));
+        }
+        let now = Utc::now().timestamp_millis();
+        for size in SIZES {
+            let start = start_of(size, time_ms);
+            let key = state_key(dim, id, size, start);
+            let mut window = match state.get(&WINDOWS, &key)? {
+                Some(w) => w,
+                None => {
+                    let close_at = start + size_ms(size) + self.settings.grace_ms;
+                    self.schedule(state, dim, close_at, &key, Due::Close)?;
+                    WindowState::default()
+                }
+            };
+            window.add(activity);
+            if now - window.published_ms >= self.settings.interim_ms {
+                window.published_ms = now;
+                out.push(WindowOut {
+                    dim,
+                    id: id.to_owned(),
+                    size,
+                    start,
+                    window: window.clone(),
+                });
+            }
+            state.put(&WINDOWS, &key, &window)?;
+        }
+        if time_ms > stream_time {
+            state.put(&META, stream_time_key(dim), &time_ms)?;
+        }
+        Ok(())
+    }
+
+    fn schedule(
+        &self,
+        state: &mut State<'_>,
+        dim: Dimension,
+        at_ms: i64,
+        key: &str,
+        due: Due,
+    ) -> Result<(), ProcessError> {
+        state.put(due_table(dim), &due_key(at_ms, key), &due)?;
+        let next = Self::meta(state, next_due_key(dim))?.unwrap_or(i64::MAX);
+        if at_ms < next {
+            state.put(&META, next_due_key(dim), &at_ms)?;
+        }
+        Ok(())
+    }
+
+    /// Closes and purges what is due by `dim`'s stream time.
+    fn close_due(
+        &self,
+        state: &mut State<'_>,
+        dim: Dimension,
+        out: &mut Vec<WindowOut>,
+    ) -> Result<(), ProcessError> {
+        let stream_time = Self::meta(state, stream_time_key(dim))?.unwrap_or(i64::MIN);
+        let next = Self::meta(state, next_due_key(dim))?.unwrap_or(i64::MAX);
+        if stream_time < next {
+            return Ok(());
+        }
+        let table = due_table(dim);
+        let due = state.range(table, "", &due_until(stream_time), CLOSE_PER_MESSAGE)?;
+        for (due_key_, what) in &due {
+            state.delete(table, due_key_)?;
+            let Some((_, key)) = due_key_.split_once('|') else {
+                continue;
+            };
+            let Some(mut window) = state.get(&WINDOWS, key)? else {
+                continue;
+            };
+            match what {
+                Due::Close => {
+                    window.is_final = true;
+                    if let Some((dim, id, size, start)) = parse_state_key(key) {
+                        out.push(WindowOut {
+                            dim,
+                            id: id.to_owned(),
+                            size,
+                            start,
+                            window: window.clone(),
+                        });
+                        let purge_at = start + size_ms(size) + self.settings.retention_ms;
+                        state.put(table, &due_key(purge_at, key), &Due::Purge)?;
+                    }
+                    state.put(&WINDOWS, key, &window)?;
+                }
+                Due::Purge => state.delete(&WINDOWS, key)?,
+            }
+        }
+        // The next due time: the first entry left (purges just scheduled included).
+        let rest = state.range(table, "", "~", 1)?;
+        let next = rest
+            .first()
+            .and_then(|(k, _)| due_time(k))
+            .unwrap_or(i64::MAX);
+        state.put(&META, next_due_key(dim), &next)?;
+        Ok(())
+    }
+
+    /// A repartition record for the brand windows.
+    fn rekey(
+        &self,
+        message: &Incoming,
+        index: u32,
+        brand: &str,
+        activity: &Activity,
+        time: chrono::DateTime<Utc>,
+        origin: &Origin,
+    ) -> Output {
+        let mut activity = activity.clone();
+        activity.time = Some(time);
+        let mut envelope = Envelope::new(origin.encode(), Event::Activity(activity))
+            .at(time)
+            .with_id(output_id(message, index));
+        envelope.key = brand.to_owned();
+        Output::event(&self.settings.repartition, envelope)
+    }
+
+    fn on_activity(
+        &self,
+        message: &Incoming,
+        activity: &Activity,
+        state: &mut State<'_>,
+    ) -> Result<Vec<Output>, ProcessError> {
+        let time = event_time(message, activity);
+        let time_ms = time.timestamp_millis();
+        let mut windows = Vec::new();
+        self.count(
+            state,
+            Dimension::Product,
+            &activity.product_id,
+            activity,
+            time_ms,
+            &mut windows,
+        )?;
+        let mut outputs = Vec::new();
+        match state.get(&BRANDS, &activity.product_id)? {
+            Some(brand) => {
+                outputs.push(self.rekey(
+                    message,
+                    0,
+                    &brand,
+                    activity,
+                    time,
+                    &Origin::direct(message),
+                ));
+            }
+            None => {
+                let held = Self::meta(state, HELD_COUNT)?.unwrap_or(0);
+                if held >= self.settings.max_held {
+                    return Err(ProcessError::Permanent(format!(
+                        "product {} is not known yet and {held} events already wait for their products (AGGREGATION_MAX_HELD)",
+                        activity.product_id
+                    )));
+                }
+                state.put(
+                    &HELD,
+                    &format!(
+                        "{}|{}/{}@{:020}",
+                        activity.product_id, message.topic, message.partition, message.offset
+                    ),
+                    &Held {
+                        activity: activity.clone(),
+                        time,
+                    },
+                )?;
+                state.put(&META, HELD_COUNT, &(held + 1))?;
+                counter!(names::HELD).increment(1);
+            }
+        }
+        self.close_due(state, Dimension::Product, &mut windows)?;
+        outputs.extend(self.publish(message, outputs.len() as u32, windows));
+        Ok(outputs)
+    }
+
+    fn on_product(
+        &self,
+        message: &Incoming,
+        product_id: &str,
+        brand: &str,
+        state: &mut State<'_>,
+    ) -> Result<Vec<Output>, ProcessError> {
+        if state.get(&BRANDS, product_id)?.as_deref() != Some(brand) {
+            state.put(&BRANDS, product_id, &brand.to_owned())?;
+        }
+        let (from, to) = (format!("{product_id}|"), format!("{product_id}}}"));
+        let held = state.range(&HELD, &from, &to, RELEASE_PER_MESSAGE)?;
+        if held.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut outputs = Vec::with_capacity(held.len());
+        for (index, (key, event)) in held.iter().enumerate() {
+            state.delete(&HELD, key)?;
+            outputs.push(self.rekey(
+                message,
+                index as u32,
+                brand,
+                &event.activity,
+                event.time,
+                &Origin::released(message, index),
+            ));
+        }
+        let count = Self::meta(state, HELD_COUNT)?.unwrap_or(0);
+        state.put(&META, HELD_COUNT, &(count - held.len() as i64).max(0))?;
+        Ok(outputs)
+    }
+
+    fn on_repartitioned(
+        &self,
+        message: &Incoming,
+        envelope: &Envelope,
+        activity: &Activity,
+        state: &mut State<'_>,
+    ) -> Result<Vec<Output>, ProcessError> {
+        let brand = envelope.key.as_str();
+        if let Some(origin) = Origin::decode(&envelope.source) {
+            let seen_key = format!("seen|{}", origin.stream);
+            let seen = Self::meta(state, &seen_key)?.unwrap_or(-1);
+            if origin.position() <= seen {
+                counter!(names::DUPLICATES).increment(1);
+                return Ok(Vec::new());
+            }
+            state.put(&META, &seen_key, &origin.position())?;
+        }
+        let time_ms = event_time(message, activity).timestamp_millis();
+        let mut windows = Vec::new();
+        self.count(
+            state,
+            Dimension::Brand,
+            brand,
+            activity,
+            time_ms,
+            &mut windows,
+        )?;
+        self.close_due(state, Dimension::Brand, &mut windows)?;
+        Ok(self.publish(message, 0, windows))
+    }
+
+    /// The records of window values, with ids derived from the input.
+    fn publish(
+        &self,
+        message: &Incoming,
+        first_index: u32,
+        windows: Vec<WindowOut>,
+    ) -> Vec<Output> {
+        let mut outputs = Vec::new();
+        let mut index = first_index;
+        for w in windows {
+            let final_ = if w.window.is_final { "true" } else { "false" };
+            for (suffix, row) in w.window.rows(w.dim, &w.id, w.size, w.start) {
+                counter!(names::PUBLISHED, "dim" => w.dim.as_str(), "final" => final_).increment(1);
+                let at = row.end;
+                let mut envelope = Envelope::new(crate::NAME, Event::WindowAggregated(row))
+                    .at(at)
+                    .with_id(output_id(message, index));
+                index += 1;
+                envelope.key = format!(
+                    "{}{suffix}",
+                    window::topic_key(w.dim, &w.id, w.size, w.start)
+                );
+                outputs.push(Output::event(&self.settings.output, envelope));
+            }
+        }
+        outputs
+    }
+}
+
+/// A window value to publish.
+#[derive(Debug)]
+struct WindowOut {
+    dim: Dimension,
+    id: String,
+    size: WindowSize,
+    start: i64,
+    window: WindowState,
+}
+
+impl StatefulProcessor for Aggregator {
+    fn process(
+        &self,
+        message: &Incoming,
+        state: &mut State<'_>,
+    ) -> Result<Vec<Output>, ProcessError> {
+        let Some(envelope) = &message.envelope else {
+            // Tombstones: nothing on these topics is deleted by key.
+            return Ok(Vec::new());
+        };
+        let topic = message.topic.as_ref();
+        match &envelope.event {
+            Event::Activity(activity) if topic == self.settings.repartition => {
+                self.on_repartitioned(message, envelope, activity, state)
+            }
+            Event::Activity(activity) if topic == self.settings.activity => {
+                self.on_activity(message, activity, state)
+            }
+            Event::ProductUpserted(p) if topic == self.settings.products => {
+                self.on_product(message, &p.product_id, &p.brand_id, state)
+            }
+            // A deleted product keeps its brand: activity still in flight for it belongs
+            // to that brand.
+            Event::ProductDeleted(_) if topic == self.settings.products => Ok(Vec::new()),
+            other => Err(ProcessError::Permanent(format!(
+                "{} is not an event aggregation reads on {topic}",
+                other.event_type()
+            ))),
+        }
+    }
+
+    fn batching(&self) -> Batching {
+        self.settings.batching
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origins_round_trip_and_order_by_offset_then_index() {
+        let o = Origin {
+            stream: "r|catalog.products.v1/3".into(),
+            offset: 77,
+            index: 2,
+        };
+        assert_eq!(Origin::decode(&o.encode()), Some(o.clone()));
+        let later = Origin {
+            offset: 78,
+            index: 0,
+            ..o.clone()
+        };
+        assert!(later.position() > o.position());
+        assert_eq!(Origin::decode("ingest"), None);
+    }
+}

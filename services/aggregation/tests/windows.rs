@@ -1,0 +1,298 @@
+//! Aggregation against a real broker: counts and revenue per product and per brand equal a
+//! reference computed here (a brand spread over every partition, activity arriving before
+//! its product); late events inside the grace period amend their window and later ones are
+//! dead-lettered; order inside a window does not matter; bad queries are named.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use common::*;
+use tributary_events::{ActivityKind, Envelope, Event};
+use tributary_runtime::{Shutdown, dlq};
+use tributary_testkit::{RawRecord, TestBroker};
+
+const WAIT: Duration = Duration::from_secs(90);
+
+fn at(s: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(s).unwrap().to_utc()
+}
+
+fn product_of(e: &Envelope) -> &str {
+    match &e.event {
+        Event::Activity(a) => &a.product_id,
+        _ => "",
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn counts_and_revenue_match_a_reference_per_product_and_per_brand() {
+    const PARTITIONS: i32 = 6;
+    let broker = TestBroker::shared();
+    let topics = Topics::create(broker, "agg-ref", PARTITIONS).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(broker, &topics, dir.path());
+    // Events arrive up to three minutes out of order here; none may be late.
+    config.grace_ms = 3_600_000;
+    let shutdown = Shutdown::new();
+    let running = aggregation::start(config, shutdown.clone()).await.unwrap();
+
+    let brand_of = |i: usize| if i < 24 { "b-spread" } else { "b-other" };
+    let spread: BTreeSet<i32> = (0..24)
+        .map(|i| aggregation::api::partition_of(&format!("p-{i}"), PARTITIONS))
+        .collect();
+    assert_eq!(
+        spread.len(),
+        PARTITIONS as usize,
+        "b-spread's products are on every partition"
+    );
+    let base = at("2026-11-23T10:10:00Z");
+    let events: Vec<Envelope> = (0..600usize)
+        .map(|i| {
+            let time = base + chrono::Duration::milliseconds(((i * 7919) % 170_000) as i64);
+            activity(
+                ActivityKind::ALL[i % 3],
+                &format!("p-{}", i % 30),
+                time,
+                1 + (i % 3) as u64,
+                100 + (i % 7) as u64,
+            )
+        })
+        .collect();
+    let products: Vec<Envelope> = (0..30)
+        .map(|i| product(&format!("p-{i}"), brand_of(i)))
+        .collect();
+    // Half the activity arrives before any product is known: it is held, then released.
+    broker
+        .produce_envelopes(&topics.activity, &events[..300])
+        .await
+        .unwrap();
+    broker
+        .produce_envelopes(&topics.products, &products)
+        .await
+        .unwrap();
+    broker
+        .produce_envelopes(&topics.activity, &events[300..])
+        .await
+        .unwrap();
+
+    let api = running.api_addr;
+    for i in 0..30 {
+        let id = format!("p-{i}");
+        let mine: Vec<&Envelope> = events.iter().filter(|e| product_of(e) == id).collect();
+        for (window, seconds) in [("1m", 60), ("1h", 3600)] {
+            let want = reference(mine.iter().copied(), seconds);
+            eventually(&format!("{id} {window}"), WAIT, || async {
+                windows(api, "product", &id, window).await == want
+            })
+            .await;
+        }
+    }
+    for brand in ["b-spread", "b-other"] {
+        let mine: Vec<&Envelope> = events
+            .iter()
+            .filter(|e| {
+                let p: usize = product_of(e)[2..].parse().unwrap();
+                brand_of(p) == brand
+            })
+            .collect();
+        for (window, seconds) in [("1m", 60), ("1h", 3600)] {
+            let want = reference(mine.iter().copied(), seconds);
+            eventually(&format!("{brand} {window}"), WAIT, || async {
+                windows(api, "brand", brand, window).await == want
+            })
+            .await;
+        }
+    }
+
+    // The topic carries the same values: the latest record of the brand's hour.
+    let want = reference(
+        events.iter().filter(|e| {
+            let p: usize = product_of(e)[2..].parse().unwrap();
+            brand_of(p) == "b-spread"
+        }),
+        3600,
+    );
+    let key = "brand:b-spread:1h:2026-11-23T10:00:00Z";
+    let total = &want["2026-11-23T10:00:00Z"];
+    let records = broker
+        .consume_until(&[&topics.output], WAIT, |records| {
+            records
+                .iter()
+                .rev()
+                .find(|r| r.key_str() == Some(key))
+                .and_then(|r| r.envelope().ok())
+                .is_some_and(|e| match e.event {
+                    Event::WindowAggregated(w) => {
+                        w.views == total.views
+                            && w.carts == total.carts
+                            && w.orders == total.orders
+                            && w.units == total.units
+                            && w.revenue_minor == total.revenue_minor
+                    }
+                    _ => false,
+                })
+        })
+        .await
+        .unwrap();
+    assert!(!records.is_empty());
+    shutdown.trigger();
+    running.wait().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn late_events_amend_inside_the_grace_period_and_are_dead_lettered_after_it() {
+    let broker = TestBroker::shared();
+    let topics = Topics::create(broker, "agg-late", 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let shutdown = Shutdown::new();
+    let running = aggregation::start(config(broker, &topics, dir.path()), shutdown.clone())
+        .await
+        .unwrap();
+    broker
+        .produce_envelopes(&topics.products, &[product("p-1", "b-1")])
+        .await
+        .unwrap();
+    let view = |t: &str| activity(ActivityKind::ProductViewed, "p-1", at(t), 1, 0);
+    let poison = tributary_testkit::RawRecord::from_envelope(&Envelope::new(
+        "test",
+        Event::StockChanged(tributary_events::Stock {
+            product_id: "p-1".into(),
+            quantity: 1,
+            warehouse: None,
+        }),
+    ));
+    let records = vec![
+        RawRecord::from_envelope(&view("2026-11-23T10:10:30Z")),
+        // Stream time 10:11:00.5: the 10:10 window ends at 10:11:00, its grace at 10:11:01.
+        RawRecord::from_envelope(&view("2026-11-23T10:11:00.500Z")),
+        // Inside the grace period: amends 10:10.
+        RawRecord::from_envelope(&view("2026-11-23T10:10:45Z")),
+        // Stream time 10:11:05: 10:10 closes.
+        RawRecord::from_envelope(&view("2026-11-23T10:11:05Z")),
+        // After it: late, dead-lettered.
+        RawRecord::from_envelope(&view("2026-11-23T10:10:50Z")),
+        // Not an activity event: dead-lettered, and processing goes on.
+        poison,
+        RawRecord::from_envelope(&view("2026-11-23T10:11:06Z")),
+    ];
+    broker
+        .produce_raw(&topics.activity, &records)
+        .await
+        .unwrap();
+
+    let api = running.api_addr;
+    eventually(
+        "10:10 final with 2 views, 10:11 open with 3",
+        WAIT,
+        || async {
+            let (status, body) = get(api, "dim=product&id=p-1&window=1m").await;
+            status == 200
+                && body["windows"].as_array().is_some_and(|ws| {
+                    ws.len() == 2
+                        && ws[0]["start"] == "2026-11-23T10:10:00Z"
+                        && ws[0]["views"] == 2
+                        && ws[0]["final"] == true
+                        && ws[1]["start"] == "2026-11-23T10:11:00Z"
+                        && ws[1]["views"] == 3
+                        && ws[1]["final"] == false
+                })
+        },
+    )
+    .await;
+    let letters = broker
+        .consume_count(&[&topics.dlq()], 2, WAIT)
+        .await
+        .unwrap();
+    let messages: Vec<&str> = letters
+        .iter()
+        .map(|l| l.header(dlq::ERROR_MESSAGE).unwrap())
+        .collect();
+    assert!(messages[0].contains("late"), "{messages:?}");
+    assert_eq!(letters[0].header(dlq::ORIGINAL_OFFSET), Some("4"));
+    assert!(
+        messages[1].contains("not an event aggregation reads"),
+        "{messages:?}"
+    );
+    // The closed window's final value is on the topic.
+    let key = "product:p-1:1m:2026-11-23T10:10:00Z";
+    broker
+        .consume_until(&[&topics.output], WAIT, |records| {
+            records.iter().any(|r| {
+                r.key_str() == Some(key)
+                    && r.envelope().is_ok_and(|e| match e.event {
+                        Event::WindowAggregated(w) => w.is_final && w.views == 2,
+                        _ => false,
+                    })
+            })
+        })
+        .await
+        .unwrap();
+
+    // Bad queries are refused naming the parameter.
+    for (query, parameter) in [
+        ("dim=shop&id=p-1&window=1m", "dim"),
+        ("dim=product&id=p-1", "window"),
+        ("dim=product&id=p-1&window=1d", "window"),
+        ("dim=product&window=1m", "id"),
+        ("dim=product&id=p%201&window=1m", "id"),
+        ("dim=product&id=p-1&window=1m&from=10am", "from"),
+    ] {
+        let (status, body) = get(api, query).await;
+        assert_eq!(status, 400, "{query}: {body}");
+        assert_eq!(body["parameter"], parameter, "{query}: {body}");
+    }
+    let long = "x".repeat(200);
+    let (status, _) = get(api, &format!("dim=product&id={long}&window=1m")).await;
+    assert_eq!(status, 400);
+    shutdown.trigger();
+    running.wait().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn out_of_order_events_inside_a_window_give_the_in_order_result() {
+    let broker = TestBroker::shared();
+    let topics = Topics::create(broker, "agg-order", 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(broker, &topics, dir.path());
+    config.grace_ms = 120_000;
+    let shutdown = Shutdown::new();
+    let running = aggregation::start(config, shutdown.clone()).await.unwrap();
+    let base = at("2026-11-23T08:00:00Z");
+    let make = |product: &str, i: usize| {
+        activity(
+            ActivityKind::ALL[i % 3],
+            product,
+            base + chrono::Duration::seconds((i * 13 % 150) as i64),
+            1 + (i % 4) as u64,
+            250,
+        )
+    };
+    let in_order: Vec<Envelope> = {
+        let mut v: Vec<Envelope> = (0..60).map(|i| make("p-in", i)).collect();
+        v.sort_by_key(|e| e.time);
+        v
+    };
+    // The same events for another product, in a scrambled order.
+    let shuffled: Vec<Envelope> = (0..60).map(|i| make("p-out", (i * 37) % 60)).collect();
+    broker
+        .produce_envelopes(&topics.activity, &in_order)
+        .await
+        .unwrap();
+    broker
+        .produce_envelopes(&topics.activity, &shuffled)
+        .await
+        .unwrap();
+    let api = running.api_addr;
+    let want = reference(in_order.iter(), 60);
+    for id in ["p-in", "p-out"] {
+        eventually(id, WAIT, || async {
+            windows(api, "product", id, "1m").await == want
+        })
+        .await;
+    }
+    shutdown.trigger();
+    running.wait().await.unwrap();
+}
