@@ -48,6 +48,28 @@ pub(crate) fn reseed_source(id: i64) -> String {
     format!("reseed:{id}")
 }
 
+/// The key of re-seed `id`'s checkpoint: its own key, so that compaction (which keeps one
+/// record per key) never removes it, and its entries stay vouched for.
+pub(crate) fn reseed_checkpoint_key(id: i64) -> Vec<u8> {
+    format!("\0reseed:{id}").into_bytes()
+}
+
+/// Whether a changelog key is a checkpoint's (a batch's, or a re-seed's).
+fn is_checkpoint(key: &[u8]) -> bool {
+    key == CHECKPOINT_KEY || key.starts_with(b"\0reseed:")
+}
+
+/// How a restore treats an old store.
+#[derive(Debug, Clone, Copy)]
+pub struct RestoreOptions {
+    /// How long a read may make no progress before the restore fails (and is retried).
+    pub stall_timeout: Duration,
+    /// A store last committed longer ago than this, and behind its changelog, is
+    /// discarded and restored from the beginning: the changelog may no longer hold the
+    /// tombstones of deletions it missed (`delete.retention.ms`).
+    pub stale_after: Duration,
+}
+
 /// Headers of an entry record.
 pub(crate) fn entry_headers(source: &str) -> OwnedHeaders {
     OwnedHeaders::new().insert(Header {
@@ -99,6 +121,10 @@ pub struct Restored {
     /// Entries dropped: after the last checkpoint, or written by an attempt that never
     /// reached its checkpoint.
     pub dropped: u64,
+    /// The changelog partition's end when the restore began.
+    pub changelog_end: i64,
+    /// The local store was discarded first (too old, or overtaken by another owner).
+    pub discarded: bool,
     /// `Some` when the store is ahead of its changelog (its position is past the
     /// changelog's end: the topic was recreated, or lost records): the entry keys the
     /// changelog holds now. The store is kept, and must be written back to the changelog
@@ -107,21 +133,33 @@ pub struct Restored {
     pub ahead_of_changelog: Option<BTreeSet<Vec<u8>>>,
 }
 
-/// The entry keys in `[low, high)` of the changelog partition, and how many records were
-/// read.
-fn changelog_keys(
+/// What a scan of `[low, high)` of a changelog partition found.
+#[derive(Debug, Default)]
+struct Scan {
+    /// Entry keys whose latest record there is a value.
+    keys: BTreeSet<Vec<u8>>,
+    /// Records read.
+    records: u64,
+    /// Offsets of checkpoints other than `own`'s (the re-seed being redone).
+    foreign_checkpoints: Vec<i64>,
+}
+
+/// Reads `[low, high)` of the changelog partition: its live entry keys, and where
+/// checkpoints other than re-seed `own`'s lie.
+fn scan(
     consumer: &BaseConsumer,
     topic: &str,
     partition: i32,
     low: i64,
     high: i64,
+    own: Option<i64>,
     stall_timeout: Duration,
-) -> Result<(BTreeSet<Vec<u8>>, u64), StateError> {
-    let mut keys = BTreeSet::new();
-    let mut records = 0;
+) -> Result<Scan, StateError> {
+    let mut found = Scan::default();
     if high <= low {
-        return Ok((keys, records));
+        return Ok(found);
     }
+    let own_key = own.map(reseed_checkpoint_key);
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(topic, partition, Offset::Offset(low))
         .map_err(|e| StateError::Changelog(e.to_string()))?;
@@ -152,15 +190,31 @@ fn changelog_keys(
             .map_err(|e| StateError::Changelog(format!("reading {topic}/{partition}: {e}")))?;
         last_progress = Instant::now();
         position = message.offset() + 1;
-        records += 1;
+        found.records += 1;
         let key = message.key().unwrap_or_default();
-        if key != CHECKPOINT_KEY && message.payload().is_some() {
-            keys.insert(key.to_vec());
-        } else if key != CHECKPOINT_KEY {
-            keys.remove(key);
+        if is_checkpoint(key) {
+            if own_key.as_deref() != Some(key) {
+                found.foreign_checkpoints.push(message.offset());
+            }
+        } else if message.payload().is_some() {
+            found.keys.insert(key.to_vec());
+        } else {
+            found.keys.remove(key);
         }
     }
-    Ok((keys, records))
+    Ok(found)
+}
+
+/// Whether `store` was last committed longer ago than `stale_after`.
+fn is_stale(store: &Store, stale_after: Duration) -> Result<bool, StateError> {
+    let Some(at) = store.committed_at()? else {
+        return Ok(false);
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    let stale_ms = i64::try_from(stale_after.as_millis()).unwrap_or(i64::MAX);
+    Ok(now.saturating_sub(at) > stale_ms)
 }
 
 /// Brings `store` up to the last checkpoint in partition `partition` of `topic`, reading
@@ -171,9 +225,10 @@ pub fn restore(
     client: &ClientConfig,
     topic: &str,
     partition: i32,
-    stall_timeout: Duration,
+    options: RestoreOptions,
     mut progress: impl FnMut(u64, u64),
 ) -> Result<(Checkpoint, Restored), StateError> {
+    let stall_timeout = options.stall_timeout;
     let mut checkpoint = store.checkpoint()?;
     let consumer: BaseConsumer = client
         .clone()
@@ -184,24 +239,65 @@ pub fn restore(
     let (low, high) = consumer
         .fetch_watermarks(topic, partition, Duration::from_secs(10))
         .map_err(|e| StateError::Changelog(format!("cannot read {topic}/{partition}: {e}")))?;
-    let mut restored = Restored::default();
+    let mut restored = Restored {
+        changelog_end: high,
+        ..Restored::default()
+    };
     let reseed_pending = store.reseed_pending()?;
     if checkpoint.changelog_position > high || reseed_pending.is_some() {
         // The store has what the changelog lost (a changelog recreated by hand, a cluster
-        // that lost data): the local state is the better copy. The caller writes it back;
-        // it needs the keys the changelog has now, to delete those the store does not.
+        // that lost data), or began writing itself back and stopped: the local state is
+        // the better copy. The caller writes it back; it needs the keys the changelog has
+        // now, to delete those the store does not.
+        let found = scan(
+            &consumer,
+            topic,
+            partition,
+            low,
+            high,
+            reseed_pending.map(|(id, _)| id),
+            stall_timeout,
+        )?;
+        let overtaken = reseed_pending.is_some_and(|(_, from)| {
+            found
+                .foreign_checkpoints
+                .iter()
+                .any(|offset| *offset >= from)
+        });
+        if !overtaken {
+            tracing::warn!(
+                topic,
+                partition,
+                local = checkpoint.changelog_position,
+                high,
+                ?reseed_pending,
+                "Local state is ahead of its changelog (or its write-back was interrupted); keeping it and writing it back"
+            );
+            restored.records = found.records;
+            restored.ahead_of_changelog = Some(found.keys);
+            return Ok((checkpoint, restored));
+        }
+        // Another owner committed after this store's write-back began: its state is the
+        // newer one, and this store is outdated.
         tracing::warn!(
             topic,
             partition,
-            local = checkpoint.changelog_position,
-            high,
-            reseed_pending,
-            "Local state is ahead of its changelog (or its write-back was interrupted); keeping it and writing it back"
+            "Another owner committed since this store's write-back was interrupted; discarding the store and restoring"
         );
-        let keys = changelog_keys(&consumer, topic, partition, low, high, stall_timeout)?;
-        restored.records = keys.1;
-        restored.ahead_of_changelog = Some(keys.0);
-        return Ok((checkpoint, restored));
+        store.wipe()?;
+        checkpoint = Checkpoint::default();
+        restored.discarded = true;
+    } else if checkpoint.changelog_position < high && is_stale(store, options.stale_after)? {
+        // Behind, and older than the changelog keeps deletions: resuming could miss one.
+        // (A store that is not behind missed nothing, however old.)
+        tracing::warn!(
+            topic,
+            partition,
+            "Local state is older than the changelog keeps deletions; discarding it and restoring"
+        );
+        store.wipe()?;
+        checkpoint = Checkpoint::default();
+        restored.discarded = true;
     }
     if checkpoint.changelog_position == high {
         return Ok((checkpoint, restored));
@@ -270,7 +366,7 @@ pub fn restore(
         position = message.offset() + 1;
         restored.records += 1;
         let key = message.key().unwrap_or_default();
-        if key == CHECKPOINT_KEY {
+        if is_checkpoint(key) {
             let record: CheckpointRecord =
                 serde_json::from_slice(message.payload().unwrap_or_default()).map_err(|e| {
                     StateError::Changelog(format!(
@@ -290,7 +386,8 @@ pub fn restore(
                     // A re-seed's entries count only at its own checkpoint: left behind by
                     // an interrupted re-seed, they must not ride on another owner's.
                     Source::Reseed(id) => record.reseed == Some(*id),
-                    Source::Unknown => false,
+                    // Written before entries named their source: as they always counted.
+                    Source::Unknown => true,
                 };
                 if inside {
                     ready.insert(k, value);

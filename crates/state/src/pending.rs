@@ -237,6 +237,9 @@ impl<'a> State<'a> {
             return Err(bad_table(table.name));
         }
         let (low, high) = (entry_key(table.name, from), entry_key(table.name, to));
+        if low >= high {
+            return Ok(Vec::new());
+        }
         // Pending and scratch changes may delete committed entries or add new ones: read
         // enough committed entries that `limit` survive the deletions.
         let overlay: BTreeMap<&Vec<u8>, &Option<Vec<u8>>> = self

@@ -72,6 +72,8 @@ struct Context {
     client: tributary_runtime::rdkafka::ClientConfig,
     producer: FutureProducer,
     health: Health,
+    /// A store behind its changelog and older than this is restored afresh.
+    stale_after: Duration,
 }
 
 impl std::fmt::Debug for Context {
@@ -253,36 +255,55 @@ fn crash_point(crash: Option<&CrashAt>, step: &str) {
     }
 }
 
-/// A store whose last commit is older than this is discarded and restored from the
-/// changelog: a deletion it missed may be gone from the changelog, whose tombstones are
-/// kept for [`TOMBSTONE_RETENTION_MS`] (resuming from the old position would resurrect the
-/// entry).
-const STALE_AFTER_MS: i64 = 6 * 86_400_000;
-/// The changelog's `delete.retention.ms`.
+/// The `delete.retention.ms` a new changelog gets: how long its tombstones are kept.
 const TOMBSTONE_RETENTION_MS: i64 = 7 * 86_400_000;
+/// Kafka's default `delete.retention.ms`, assumed for an existing changelog whose configs
+/// the broker does not describe.
+const DEFAULT_TOMBSTONE_RETENTION_MS: i64 = 86_400_000;
+/// A store behind its changelog is discarded (and restored afresh) when its last commit is
+/// older than the changelog's tombstone retention minus this margin.
+const STALE_MARGIN_MS: i64 = 3_600_000;
 
-fn chrono_free_now_ms() -> i64 {
+fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
-/// Wipes `store` when its last commit is older than [`STALE_AFTER_MS`].
-fn discard_if_stale(store: &Store, name: &str, number: i32) -> Result<(), StateError> {
-    let Some(at) = store.committed_at()? else {
-        return Ok(());
-    };
-    let age = chrono_free_now_ms().saturating_sub(at);
-    if age > STALE_AFTER_MS && store.reseed_pending()?.is_none() {
-        tracing::warn!(
-            store = name,
-            partition = number,
-            age_hours = age / 3_600_000,
-            "Local state is older than the changelog keeps deletions; discarding it and restoring from the changelog"
-        );
-        store.wipe()?;
+/// A re-seed id: the time, and the process, so that two instances never pick the same.
+fn reseed_id() -> i64 {
+    now_ms()
+        .saturating_mul(1000)
+        .saturating_add(i64::from(std::process::id() % 1000))
+}
+
+/// Takes back what an open announced when it does not finish (an error, or its future
+/// dropped because the assignment went): the partition's status, and its slot when nobody
+/// else waits on it, so that a later assignment starts with a fresh slot and fence.
+struct OpenGuard<'a, S: StatefulProcessor> {
+    stateful: &'a Stateful<S>,
+    number: i32,
+    done: bool,
+}
+
+impl<S: StatefulProcessor> Drop for OpenGuard<'_, S> {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let mut tasks = lock(&self.stateful.tasks);
+        // The map's reference and the hook's own: nobody else is opening it.
+        let unused = tasks.get(&self.number).is_some_and(|slot| {
+            slot.task.get().is_none()
+                && lock(&slot.members).is_empty()
+                && Arc::strong_count(slot) <= 2
+        });
+        if unused {
+            tasks.remove(&self.number);
+            drop(tasks);
+            self.stateful.set_status(self.number, None);
+        }
     }
-    Ok(())
 }
 
 /// How long a restore may go without reading anything before it is retried.
@@ -360,16 +381,27 @@ impl<S: StatefulProcessor> Stateful<S> {
         );
         let started = Instant::now();
         let progress_blocker = blocker.clone();
-        let stale_name = self.store.clone();
+        let options = changelog::RestoreOptions {
+            stall_timeout: RESTORE_STALL,
+            stale_after: context.stale_after,
+        };
+        let done_blocker = blocker.clone();
+        let done_health = context.health.clone();
+        // If the assignment goes while this runs, the hook's future is dropped: the guard
+        // takes back what the open announced (status, the empty slot).
+        let mut guard = OpenGuard {
+            stateful: self,
+            number,
+            done: false,
+        };
         let result = tokio::task::spawn_blocking(move || {
             let store = Store::open(&path)?;
-            discard_if_stale(&store, &stale_name, number)?;
-            let (checkpoint, restored) = changelog::restore(
+            let restored = changelog::restore(
                 &store,
                 &client,
                 &topic,
                 number,
-                RESTORE_STALL,
+                options,
                 |read, remaining| {
                     gauge!(names::RESTORE_REMAINING, "store" => store_name.clone(), "partition" => number.to_string())
                         .set(remaining as f64);
@@ -380,7 +412,10 @@ impl<S: StatefulProcessor> Stateful<S> {
                         )),
                     );
                 },
-            )?;
+            );
+            // Cleared here too: this runs to its end even when the open was abandoned.
+            done_health.set_blocker(&done_blocker, None);
+            let (checkpoint, restored) = restored?;
             counter!(names::RESTORED_RECORDS, "store" => store_name).increment(restored.records);
             Ok::<_, StateError>((store, checkpoint, restored))
         })
@@ -408,12 +443,15 @@ impl<S: StatefulProcessor> Stateful<S> {
         });
         let mut reseeded = 0;
         if let Some(changelog_keys) = restored.ahead_of_changelog {
-            reseeded = self.reseed(&task, changelog_keys).await.inspect_err(|e| {
-                self.set_status(
+            reseeded =
+                self.reseed(&task, changelog_keys, restored.changelog_end)
+                    .await
+                    .inspect_err(|e| {
+                        self.set_status(
                     number,
                     Some(json!({"partition": number, "state": "failed", "error": e.to_string()})),
                 );
-            })?;
+                    })?;
         }
         self.set_status(
             number,
@@ -429,6 +467,7 @@ impl<S: StatefulProcessor> Stateful<S> {
         );
         gauge!(names::ENTRIES, "store" => self.store.clone(), "partition" => number.to_string())
             .set(entries as f64);
+        guard.done = true;
         Ok(task)
     }
 
@@ -441,6 +480,7 @@ impl<S: StatefulProcessor> Stateful<S> {
         &self,
         task: &Arc<Task>,
         changelog_keys: BTreeSet<Vec<u8>>,
+        changelog_end: i64,
     ) -> Result<u64, ProcessError> {
         let reading = task.clone();
         let entries = tokio::task::spawn_blocking(move || reading.store.entries())
@@ -451,12 +491,12 @@ impl<S: StatefulProcessor> Stateful<S> {
         // The re-seed is marked in the store before anything is written: one that stops
         // partway (a crash, a failed delivery, a lost assignment) is done again in full on
         // the next open, whatever the changelog's end says by then.
-        let id = match task.store.reseed_pending() {
-            Ok(Some(id)) => id,
-            _ => chrono_free_now_ms(),
+        let (id, from) = match task.store.reseed_pending() {
+            Ok(Some(pending)) => pending,
+            _ => (reseed_id(), changelog_end),
         };
         let marking = task.clone();
-        tokio::task::spawn_blocking(move || marking.store.begin_reseed(id))
+        tokio::task::spawn_blocking(move || marking.store.begin_reseed(id, from))
             .await
             .map_err(|e| ProcessError::Transient(format!("state commit task: {e}")))?
             .map_err(|e| ProcessError::Transient(e.to_string()))?;
@@ -543,9 +583,11 @@ impl<S: StatefulProcessor> Stateful<S> {
         // A fence raised while the entries were in flight stops the checkpoint: without it
         // a restore drops them.
         task.check_fence()?;
+        // A re-seed's checkpoint has a key of its own (compaction keeps it).
+        let key = reseed.map_or_else(|| CHECKPOINT_KEY.to_vec(), changelog::reseed_checkpoint_key);
         let record = FutureRecord::<[u8], [u8]>::to(&context.changelog)
             .partition(task.number)
-            .key(CHECKPOINT_KEY)
+            .key(key.as_slice())
             .payload(payload.as_slice())
             .headers(changelog::checkpoint_headers());
         let delivery = send(&context.producer, record)
@@ -640,9 +682,31 @@ impl<S: StatefulProcessor> Processor for Stateful<S> {
             // Deletions stay a week: a store older than six days is restored afresh
             // rather than resumed (see `discard_if_stale`).
             .with_config("delete.retention.ms", &TOMBSTONE_RETENTION_MS.to_string());
-        topics::apply(&admin, &[spec], -1, false)
+        let report = topics::apply(&admin, &[spec], -1, false)
             .await
             .map_err(|e| ProcessError::Transient(e.to_string()))?;
+        // How long the changelog really keeps tombstones: what this service set when it
+        // created it, what the broker reports, or Kafka's default when it reports nothing.
+        let retention = if report.created.contains(&changelog) {
+            TOMBSTONE_RETENTION_MS
+        } else {
+            report
+                .differences
+                .iter()
+                .find(|d| d.setting == "delete.retention.ms")
+                .map_or_else(
+                    || {
+                        if report.unknown_config.contains(&changelog) {
+                            DEFAULT_TOMBSTONE_RETENTION_MS
+                        } else {
+                            TOMBSTONE_RETENTION_MS
+                        }
+                    },
+                    |d| d.actual.parse().unwrap_or(DEFAULT_TOMBSTONE_RETENTION_MS),
+                )
+        };
+        let stale_after =
+            Duration::from_millis(retention.saturating_sub(STALE_MARGIN_MS).max(0) as u64);
         if let Some(existing) = counts.get(&changelog) {
             if *existing != partitions {
                 return Err(ProcessError::Permanent(format!(
@@ -666,6 +730,7 @@ impl<S: StatefulProcessor> Processor for Stateful<S> {
             client,
             producer: context.producer.clone(),
             health: context.health.clone(),
+            stale_after,
         });
         Ok(())
     }
@@ -675,12 +740,9 @@ impl<S: StatefulProcessor> Processor for Stateful<S> {
             .entry(partition.partition)
             .or_default()
             .clone();
-        if slot.task.get().is_none() {
-            // A new ownership: a fence raised against an earlier one (whose open was
-            // cancelled) does not hold against this one.
-            slot.fenced
-                .store(false, std::sync::atomic::Ordering::Release);
-        }
+        // A fenced slot is never reused: `on_revoked`, or the open's guard when the
+        // ownership went before the task opened, removes it, and the next ownership gets a
+        // fresh slot with a fresh fence.
         let fenced = slot.fenced.clone();
         let task = slot
             .task

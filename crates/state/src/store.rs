@@ -17,6 +17,8 @@ const CHANGELOG_POSITION: &str = "changelog";
 /// Set while the store is being written back to its changelog (see `Stateful`): the id of
 /// that re-seed, cleared by the next commit.
 const RESEED: &str = "reseed";
+/// With [`RESEED`]: the changelog's end when that re-seed began.
+const RESEED_FROM: &str = "reseed_from";
 /// Wall-clock milliseconds of the last commit.
 const COMMITTED_AT: &str = "committed_at";
 const OFFSET_PREFIX: &str = "offset:";
@@ -185,22 +187,27 @@ impl Store {
             // A commit follows a changelog write that ended in a checkpoint: whatever
             // re-seed was pending, the changelog is consistent with the store again.
             meta.remove(RESEED).map_err(storage)?;
+            meta.remove(RESEED_FROM).map_err(storage)?;
         }
         txn.commit().map_err(storage)?;
         Ok(())
     }
 
-    /// The id of a re-seed begun and not finished, if any.
-    pub fn reseed_pending(&self) -> Result<Option<i64>, StateError> {
-        self.meta(RESEED)
+    /// The id of a re-seed begun and not finished, and the changelog's end when it began.
+    pub fn reseed_pending(&self) -> Result<Option<(i64, i64)>, StateError> {
+        Ok(match (self.meta(RESEED)?, self.meta(RESEED_FROM)?) {
+            (Some(id), from) => Some((id, from.unwrap_or(0))),
+            (None, _) => None,
+        })
     }
 
-    /// Records, durably, that a re-seed with `id` begins.
-    pub(crate) fn begin_reseed(&self, id: i64) -> Result<(), StateError> {
+    /// Records, durably, that re-seed `id` begins with the changelog ending at `from`.
+    pub(crate) fn begin_reseed(&self, id: i64, from: i64) -> Result<(), StateError> {
         let txn = self.db.begin_write().map_err(storage)?;
         {
             let mut meta = txn.open_table(META).map_err(storage)?;
             meta.insert(RESEED, id).map_err(storage)?;
+            meta.insert(RESEED_FROM, from).map_err(storage)?;
         }
         txn.commit().map_err(storage)
     }

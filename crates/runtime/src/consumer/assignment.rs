@@ -643,7 +643,12 @@ async fn assigned_hook<P: Processor>(shared: Arc<Shared<P>>, part: Arc<Partition
             std::panic::AssertUnwindSafe(shared.processor.on_assigned(&part.id)).catch_unwind();
         let result = tokio::select! {
             biased;
-            _ = part.stop().cancelled() => return,
+            _ = part.stop().cancelled() => {
+                // Whatever the hook had handed to the producer must not land on the next
+                // owner's behalf.
+                shared.processor.fence(&part.id);
+                return;
+            }
             result = hook => result,
         }
         .unwrap_or_else(|panic| {
