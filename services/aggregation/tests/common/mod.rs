@@ -203,3 +203,173 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// The aggregation binary as a child process, killed if the test fails before it stopped.
+pub struct Child {
+    pub child: std::process::Child,
+    pub admin: SocketAddr,
+    pub api: SocketAddr,
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn free_port() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap()
+}
+
+/// Starts the real binary for `topics` on `data_dir`, with `extra` environment.
+pub fn spawn(
+    broker: &TestBroker,
+    topics: &Topics,
+    data_dir: &Path,
+    extra: &[(&str, &str)],
+) -> Child {
+    let (admin, api) = (free_port(), free_port());
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_aggregation"))
+        .env("KAFKA_BROKERS", broker.bootstrap())
+        // A rebalance waits up to max.poll.interval.ms for a known member to rejoin; a
+        // killed one never does. The poll thread never waits on processing: 15 s is plenty.
+        .env(
+            "KAFKA_CONFIG",
+            format!(
+                "max.poll.interval.ms=15000;{}",
+                tributary_testkit::DEV_CLIENT_SETTING
+            ),
+        )
+        .env("GROUP_ID", &topics.group)
+        .env("DATA_DIR", data_dir)
+        .env("ADMIN_ADDR", admin.to_string())
+        .env("AGGREGATION_ADDR", api.to_string())
+        .env("STATSD_ADDR", "127.0.0.1:9")
+        .env("SESSION_TIMEOUT_MS", "6000")
+        .env("COMMIT_INTERVAL_MS", "200")
+        .env("SHUTDOWN_TIMEOUT_MS", "10000")
+        .env("AGGREGATION_ACTIVITY_TOPIC", &topics.activity)
+        .env("AGGREGATION_PRODUCTS_TOPIC", &topics.products)
+        .env("AGGREGATION_REPARTITION_TOPIC", &topics.repartition)
+        .env("AGGREGATION_OUTPUT_TOPIC", &topics.output)
+        .env(
+            "RUST_LOG",
+            std::env::var("CHILD_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .env("LOG_FORMAT", "pretty")
+        .envs(extra.iter().copied())
+        .spawn()
+        .unwrap();
+    Child { child, admin, api }
+}
+
+/// SIGTERM, then a clean exit within the shutdown deadline.
+pub fn terminate(child: &mut Child) {
+    let pid = child.child.id().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = child.child.try_wait().unwrap() {
+            assert!(status.success(), "exit status after SIGTERM: {status}");
+            return;
+        }
+        assert!(Instant::now() < deadline, "did not exit after SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `GET /status`, or `Null` while the admin server does not answer.
+pub async fn status(admin: SocketAddr) -> Value {
+    match reqwest::get(format!("http://{admin}/status")).await {
+        Ok(response) => response.json().await.unwrap_or(Value::Null),
+        Err(_) => Value::Null,
+    }
+}
+
+/// Input positions finished (summed over partitions), or 0 while the admin port is not up.
+pub async fn processed(admin: SocketAddr) -> i64 {
+    status(admin).await["partitions"]
+        .as_array()
+        .map_or(0, |ps| {
+            ps.iter().map(|p| p["position"].as_i64().unwrap_or(0)).sum()
+        })
+}
+
+/// Window (`dim`, id, size, start RFC 3339) → totals, as in the stores of `group` under
+/// `data_dir` (the service stopped).
+pub fn stored_windows(
+    data_dir: &Path,
+    group: &str,
+) -> BTreeMap<(String, String, String, String), Totals> {
+    let dir = data_dir.join(group).join(aggregation::STORE);
+    let mut out = BTreeMap::new();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let store = tributary_state::Store::open(&entry.unwrap().path()).unwrap();
+        for ((table, key), value) in store.dump().unwrap() {
+            if table != aggregation::aggregator::WINDOWS.name() {
+                continue;
+            }
+            let (dim, id, size, start) = aggregation::window::parse_state_key(&key).unwrap();
+            let state: aggregation::window::WindowState = serde_json::from_value(value).unwrap();
+            let mut totals = Totals {
+                views: state.views,
+                carts: state.carts,
+                ..Totals::default()
+            };
+            for orders in state.orders.values() {
+                totals.orders += orders.orders;
+                totals.units += orders.units;
+                totals.revenue_minor += orders.revenue_minor;
+            }
+            let start = aggregation::window::millis(start)
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+            let previous = out.insert(
+                (
+                    dim.as_str().to_owned(),
+                    id.to_owned(),
+                    size.as_str().to_owned(),
+                    start,
+                ),
+                totals,
+            );
+            assert!(previous.is_none(), "{key} in two partitions' stores");
+        }
+    }
+    out
+}
+
+/// The reference of `events` for every product and brand window (`brand_of` a product id).
+pub fn reference_all(
+    events: &[Envelope],
+    brand_of: impl Fn(&str) -> String,
+) -> BTreeMap<(String, String, String, String), Totals> {
+    let mut out = BTreeMap::new();
+    for e in events {
+        let Event::Activity(a) = &e.event else {
+            continue;
+        };
+        let t = a.time.unwrap().timestamp();
+        for (size, seconds) in [("1m", 60), ("1h", 3600)] {
+            let start = DateTime::from_timestamp(t - t.rem_euclid(seconds), 0)
+                .unwrap()
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+            for (dim, id) in [
+                ("product", a.product_id.clone()),
+                ("brand", brand_of(&a.product_id)),
+            ] {
+                out.entry((dim.to_owned(), id, size.to_owned(), start.clone()))
+                    .or_insert_with(Totals::default)
+                    .add(e);
+            }
+        }
+    }
+    out
+}
