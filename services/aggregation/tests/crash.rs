@@ -18,7 +18,15 @@ const BRANDS: u64 = 20;
 /// a backlog one partition can run minutes of event time ahead of another: the grace
 /// period covers that skew (this test is about crashes, not lateness). Windows of the
 /// first hour still close, so final values are exercised.
-const SETTINGS: &[(&str, &str)] = &[("AGGREGATION_GRACE_MS", "1800000")];
+///
+/// Larger state batches and rarer interim values, as a busy deployment would run: fewer
+/// changelog and output records per event (the run is bound by the dev broker).
+const SETTINGS: &[(&str, &str)] = &[
+    ("AGGREGATION_GRACE_MS", "1800000"),
+    ("AGGREGATION_INTERIM_MS", "30000"),
+    ("STATE_BATCH_MESSAGES", "5000"),
+    ("STATE_BATCH_MS", "300"),
+];
 
 fn events_wanted() -> usize {
     std::env::var("AGG_CRASH_EVENTS")
