@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 
@@ -133,6 +133,55 @@ pub struct Restored {
     pub ahead_of_changelog: Option<BTreeSet<Vec<u8>>>,
 }
 
+/// Reads `[from, high)` of one changelog partition, handing each record to `on_record`.
+/// Ends on the consumer's position, not on the last record's offset: the records at the end
+/// may have been compacted away. Fails when nothing arrives for `stall_timeout`.
+fn read_range(
+    consumer: &BaseConsumer,
+    topic: &str,
+    partition: i32,
+    from: i64,
+    high: i64,
+    stall_timeout: Duration,
+    mut on_record: impl FnMut(&BorrowedMessage<'_>) -> Result<(), StateError>,
+) -> Result<(), StateError> {
+    if high <= from {
+        return Ok(());
+    }
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, partition, Offset::Offset(from))
+        .map_err(|e| StateError::Changelog(e.to_string()))?;
+    consumer
+        .assign(&tpl)
+        .map_err(|e| StateError::Changelog(format!("cannot assign {topic}/{partition}: {e}")))?;
+    let mut position = from;
+    let mut last_progress = Instant::now();
+    loop {
+        if let Ok(p) = consumer.position() {
+            if let Some(Offset::Offset(o)) = p.find_partition(topic, partition).map(|e| e.offset())
+            {
+                position = position.max(o);
+            }
+        }
+        if position >= high {
+            return Ok(());
+        }
+        let Some(result) = consumer.poll(Duration::from_millis(100)) else {
+            if last_progress.elapsed() > stall_timeout {
+                return Err(StateError::Changelog(format!(
+                    "reading {topic}/{partition} made no progress for {stall_timeout:?} at offset {position} of {high}"
+                )));
+            }
+            continue;
+        };
+        let message = result
+            .map_err(|e| StateError::Changelog(format!("reading {topic}/{partition}: {e}")))?;
+        last_progress = Instant::now();
+        position = message.offset() + 1;
+        on_record(&message)?;
+    }
+}
+
 /// What a scan of `[low, high)` of a changelog partition found.
 #[derive(Debug, Default)]
 struct Scan {
@@ -160,48 +209,28 @@ fn scan(
         return Ok(found);
     }
     let own_key = own.map(reseed_checkpoint_key);
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, partition, Offset::Offset(low))
-        .map_err(|e| StateError::Changelog(e.to_string()))?;
-    consumer
-        .assign(&tpl)
-        .map_err(|e| StateError::Changelog(format!("cannot assign {topic}/{partition}: {e}")))?;
-    let mut position = low;
-    let mut last_progress = Instant::now();
-    while position < high {
-        if let Ok(p) = consumer.position() {
-            if let Some(Offset::Offset(o)) = p.find_partition(topic, partition).map(|e| e.offset())
-            {
-                position = position.max(o);
-                if position >= high {
-                    break;
+    read_range(
+        consumer,
+        topic,
+        partition,
+        low,
+        high,
+        stall_timeout,
+        |message| {
+            found.records += 1;
+            let key = message.key().unwrap_or_default();
+            if is_checkpoint(key) {
+                if own_key.as_deref() != Some(key) {
+                    found.foreign_checkpoints.push(message.offset());
                 }
+            } else if message.payload().is_some() {
+                found.keys.insert(key.to_vec());
+            } else {
+                found.keys.remove(key);
             }
-        }
-        let Some(result) = consumer.poll(Duration::from_millis(100)) else {
-            if last_progress.elapsed() > stall_timeout {
-                return Err(StateError::Changelog(format!(
-                    "reading {topic}/{partition} made no progress for {stall_timeout:?} at offset {position} of {high}"
-                )));
-            }
-            continue;
-        };
-        let message = result
-            .map_err(|e| StateError::Changelog(format!("reading {topic}/{partition}: {e}")))?;
-        last_progress = Instant::now();
-        position = message.offset() + 1;
-        found.records += 1;
-        let key = message.key().unwrap_or_default();
-        if is_checkpoint(key) {
-            if own_key.as_deref() != Some(key) {
-                found.foreign_checkpoints.push(message.offset());
-            }
-        } else if message.payload().is_some() {
-            found.keys.insert(key.to_vec());
-        } else {
-            found.keys.remove(key);
-        }
-    }
+            Ok(())
+        },
+    )?;
     Ok(found)
 }
 
@@ -315,12 +344,6 @@ pub fn restore(
         metrics::counter!(crate::names::RESTORE_GAPS).increment(1);
     }
     let from = checkpoint.changelog_position.max(low);
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, partition, Offset::Offset(from))
-        .map_err(|e| StateError::Changelog(e.to_string()))?;
-    consumer
-        .assign(&tpl)
-        .map_err(|e| StateError::Changelog(format!("cannot assign {topic}/{partition}: {e}")))?;
     tracing::info!(
         topic,
         partition,
@@ -338,92 +361,77 @@ pub fn restore(
     // The offsets the previous checkpoint covered: a batch's entries come from inputs
     // between the previous checkpoint and its own.
     let mut previous = checkpoint.offsets.clone();
-    let mut position = from;
-    let mut last_progress = Instant::now();
-    loop {
-        // The position, not the last record's offset: the records at the end of the
-        // partition may have been compacted away.
-        if let Ok(p) = consumer.position() {
-            if let Some(Offset::Offset(o)) = p.find_partition(topic, partition).map(|e| e.offset())
-            {
-                position = position.max(o);
-            }
-        }
-        if position >= high {
-            break;
-        }
-        let Some(result) = consumer.poll(Duration::from_millis(100)) else {
-            if last_progress.elapsed() > stall_timeout {
-                return Err(StateError::Changelog(format!(
-                    "restore of {topic}/{partition} made no progress for {stall_timeout:?} at offset {position} of {high}"
-                )));
-            }
-            continue;
-        };
-        let message = result
-            .map_err(|e| StateError::Changelog(format!("reading {topic}/{partition}: {e}")))?;
-        last_progress = Instant::now();
-        position = message.offset() + 1;
-        restored.records += 1;
-        let key = message.key().unwrap_or_default();
-        if is_checkpoint(key) {
-            let record: CheckpointRecord =
-                serde_json::from_slice(message.payload().unwrap_or_default()).map_err(|e| {
-                    StateError::Changelog(format!(
-                        "checkpoint at {topic}/{partition}@{} does not decode: {e}",
-                        message.offset()
-                    ))
-                })?;
-            // Only entries of this checkpoint's batch count: an entry left behind by an
-            // attempt that never reached its checkpoint (a crash, a lost assignment) names
-            // an input outside this batch, and is dropped.
-            for (k, (value, source)) in std::mem::take(&mut staged) {
-                let inside = match &source {
-                    Source::Input(input, offset) => {
-                        previous.get(input).is_none_or(|from| offset >= from)
-                            && record.offsets.get(input).is_some_and(|to| offset < to)
+    read_range(
+        &consumer,
+        topic,
+        partition,
+        from,
+        high,
+        stall_timeout,
+        |message| {
+            let position = message.offset() + 1;
+            restored.records += 1;
+            let key = message.key().unwrap_or_default();
+            if is_checkpoint(key) {
+                let record: CheckpointRecord =
+                    serde_json::from_slice(message.payload().unwrap_or_default()).map_err(|e| {
+                        StateError::Changelog(format!(
+                            "checkpoint at {topic}/{partition}@{} does not decode: {e}",
+                            message.offset()
+                        ))
+                    })?;
+                // Only entries of this checkpoint's batch count: an entry left behind by an
+                // attempt that never reached its checkpoint (a crash, a lost assignment) names
+                // an input outside this batch, and is dropped.
+                for (k, (value, source)) in std::mem::take(&mut staged) {
+                    let inside = match &source {
+                        Source::Input(input, offset) => {
+                            previous.get(input).is_none_or(|from| offset >= from)
+                                && record.offsets.get(input).is_some_and(|to| offset < to)
+                        }
+                        // A re-seed's entries count only at its own checkpoint: left behind by
+                        // an interrupted re-seed, they must not ride on another owner's.
+                        Source::Reseed(id) => record.reseed == Some(*id),
+                        // Written before entries named their source: as they always counted.
+                        Source::Unknown => true,
+                    };
+                    if inside {
+                        ready.insert(k, value);
+                    } else {
+                        restored.dropped += 1;
                     }
-                    // A re-seed's entries count only at its own checkpoint: left behind by
-                    // an interrupted re-seed, they must not ride on another owner's.
-                    Source::Reseed(id) => record.reseed == Some(*id),
-                    // Written before entries named their source: as they always counted.
-                    Source::Unknown => true,
-                };
-                if inside {
-                    ready.insert(k, value);
-                } else {
-                    restored.dropped += 1;
                 }
-            }
-            previous = record.offsets.clone();
-            ready_checkpoint = Some(Checkpoint {
-                offsets: record.offsets,
-                changelog_position: position,
-            });
-            if ready.len() >= 10_000 {
-                restored.applied += ready.len() as u64;
-                if let Some(c) = &ready_checkpoint {
-                    store.commit(&ready, c)?;
-                    checkpoint = c.clone();
+                previous = record.offsets.clone();
+                ready_checkpoint = Some(Checkpoint {
+                    offsets: record.offsets,
+                    changelog_position: position,
+                });
+                if ready.len() >= 10_000 {
+                    restored.applied += ready.len() as u64;
+                    if let Some(c) = &ready_checkpoint {
+                        store.commit(&ready, c)?;
+                        checkpoint = c.clone();
+                    }
+                    ready.clear();
                 }
-                ready.clear();
+            } else {
+                let source = message
+                    .headers()
+                    .and_then(|hs| hs.iter().find(|h| h.key == HEADER_SOURCE))
+                    .and_then(|h| h.value)
+                    .and_then(|v| std::str::from_utf8(v).ok())
+                    .map_or(Source::Unknown, parse_source);
+                staged.insert(
+                    key.to_vec(),
+                    (message.payload().map(<[u8]>::to_vec), source),
+                );
             }
-        } else {
-            let source = message
-                .headers()
-                .and_then(|hs| hs.iter().find(|h| h.key == HEADER_SOURCE))
-                .and_then(|h| h.value)
-                .and_then(|v| std::str::from_utf8(v).ok())
-                .map_or(Source::Unknown, parse_source);
-            staged.insert(
-                key.to_vec(),
-                (message.payload().map(<[u8]>::to_vec), source),
-            );
-        }
-        if restored.records % 1000 == 0 {
-            progress(restored.records, (high - position).max(0) as u64);
-        }
-    }
+            if restored.records % 1000 == 0 {
+                progress(restored.records, (high - position).max(0) as u64);
+            }
+            Ok(())
+        },
+    )?;
     if let Some(c) = ready_checkpoint {
         restored.applied += ready.len() as u64;
         store.commit(&ready, &c)?;
