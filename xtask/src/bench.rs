@@ -47,7 +47,23 @@ once a batch's outputs, changelog, checkpoint and redb transaction are all durab
 the same run on the same records: a bare rdkafka `BaseConsumer` (no decoding, no commits), and \
 the runtime's loop with a co-partitioned no-op processor (decoding, the same task layout, \
 commits, no state, no outputs). Memory is the process's resident set at the end; disk is the \
-size of its `DATA_DIR`.";
+size of its `DATA_DIR`.
+- **aggregation**: the real `aggregation` binary (a child process, empty `DATA_DIR`, default \
+settings: 5 min grace, interim values at most once a second per window, state batches of \
+1,000 messages or 100 ms) reading 1M activity events (views, carts and orders in turn over 10k \
+products of 200 brands, event time spanning an hour) after the 10k products: product windows \
+of 1m and 1h straight from the stream, every event re-keyed by brand through the repartition \
+topic and counted in the brand's windows, window values published, changelog and checkpoint \
+per batch. Its rate counts an event once both halves are committed (activity and repartition \
+positions in `/status`). Against, in the same run on the same topic: a bare rdkafka \
+`BaseConsumer` (no decoding, no commits, no outputs), and Quix Streams (`quixstreams==3.28.1` \
+in a virtualenv the benchmark makes, at-least-once, RocksDB state with changelog topics) \
+computing per-product 1-minute tumbling windows of the same counts from the envelope's event \
+time and publishing final values, measured from its group's committed offsets over at most \
+90 s. Latency: ingest (real HTTP) → activity topic → aggregation → `GET /v1/aggregates`, a \
+probe event for a fresh product in every 50th request of 100 events at 10k events/s for 20 s, \
+from ingest's acknowledgement until the API counts it. Goals: at least 0.8x the bare \
+consumer and 25x Quix Streams.";
 
 pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
     let mut messages = "1000000".to_owned();
@@ -69,6 +85,7 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
         ("ingest", "load"),
         ("metrics-emitter", "throughput"),
         ("enrichment", "throughput"),
+        ("aggregation", "throughput"),
     ] {
         eprintln!("xtask: benchmark {bench}");
         let output = cargo::cargo()

@@ -189,6 +189,29 @@ impl StateReader {
             .transpose()
     }
 
+    /// The committed values of `keys` in `table` of partition `partition`, from one
+    /// snapshot, in the order of `keys`.
+    pub fn get_many<V: serde::de::DeserializeOwned>(
+        &self,
+        partition: i32,
+        table: &Table<V>,
+        keys: &[String],
+    ) -> Result<Vec<Option<V>>, ReadError> {
+        let task = self.task(partition)?;
+        task.store
+            .get_many(table.name(), keys)
+            .map_err(|e| ReadError::Failed(e.to_string()))?
+            .into_iter()
+            .map(|bytes| {
+                bytes
+                    .map(|b| {
+                        serde_json::from_slice(&b).map_err(|e| ReadError::Failed(e.to_string()))
+                    })
+                    .transpose()
+            })
+            .collect()
+    }
+
     /// The committed entries of `table` of partition `partition` with keys in
     /// `[from, to)`, at most `limit`.
     pub fn range<V: serde::de::DeserializeOwned>(

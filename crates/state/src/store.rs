@@ -106,6 +106,24 @@ impl Store {
         Ok(value)
     }
 
+    /// The committed values of `keys` in `table`, read in one transaction (one snapshot).
+    pub fn get_many(
+        &self,
+        table: &str,
+        keys: &[String],
+    ) -> Result<Vec<Option<Vec<u8>>>, StateError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let entries = txn.open_table(ENTRIES).map_err(storage)?;
+        keys.iter()
+            .map(|key| {
+                Ok(entries
+                    .get(entry_key(table, key).as_slice())
+                    .map_err(storage)?
+                    .map(|v| v.value().to_vec()))
+            })
+            .collect()
+    }
+
     /// The committed entries of `table` whose keys lie in `[from, to)`, in key order, at
     /// most `limit` of them.
     pub fn range(

@@ -7,6 +7,7 @@
 
 mod broker;
 mod clients;
+pub mod process;
 
 pub use broker::{BrokerBin, Flavour, Storage, TestBroker, find_broker};
 pub use clients::{RawRecord, Record, send_waiting, unique_name};

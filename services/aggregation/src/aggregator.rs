@@ -17,25 +17,23 @@ use tributary_runtime::{Batching, Incoming, Output, ProcessError};
 use tributary_state::{State, StatefulProcessor, Table, output_id};
 
 use crate::window::{
-    self, Due, SIZES, WindowState, due_key, due_time, due_until, parse_state_key, size_ms,
-    start_of, state_key,
+    self, SIZES, WindowState, parse_state_key, size_ms, start_of, start_prefix, state_key,
 };
 
-/// Windows, by [`window::state_key`].
+/// Windows, by [`window::state_key`] (time-ordered per dimension and size).
 pub const WINDOWS: Table<WindowState> = Table::new("window");
-/// What is due when, by [`window::due_key`]; one table per dimension (each has its own
-/// stream time).
-pub const DUE_PRODUCT: Table<Due> = Table::new("due.product");
-/// See [`DUE_PRODUCT`].
-pub const DUE_BRAND: Table<Due> = Table::new("due.brand");
+/// How far the sweeps over [`WINDOWS`] got, by [`cursor_key`]: every window key below a
+/// close cursor was closed (its final value published), every one below a purge cursor
+/// forgotten.
+pub const CURSORS: Table<String> = Table::new("cursor");
 /// Product id → brand id.
 pub const BRANDS: Table<String> = Table::new("brand");
 /// Activity waiting for its product's brand, by `<product id>|<origin>`.
 pub const HELD: Table<Held> = Table::new("held");
-/// Bookkeeping: stream times, next due times, held count, repartition high-water marks.
+/// Bookkeeping: stream times, held count, repartition high-water marks.
 pub const META: Table<i64> = Table::new("meta");
 
-/// How many due windows one message closes at most (the rest close with the next ones).
+/// How many windows one message closes or forgets at most (the rest go with the next ones).
 const CLOSE_PER_MESSAGE: usize = 5_000;
 /// How many held events one product releases per message at most.
 const RELEASE_PER_MESSAGE: usize = 10_000;
@@ -97,26 +95,35 @@ impl Aggregator {
     }
 }
 
-/// Keys of [`META`].
-fn stream_time_key(dim: Dimension) -> &'static str {
+/// The key of `dim`'s stream time in [`META`].
+pub fn stream_time_key(dim: Dimension) -> &'static str {
     match dim {
         Dimension::Product => "stream_time.product",
         Dimension::Brand => "stream_time.brand",
     }
 }
 
-fn next_due_key(dim: Dimension) -> &'static str {
-    match dim {
-        Dimension::Product => "next_due.product",
-        Dimension::Brand => "next_due.brand",
-    }
+/// The key of a sweep's cursor in [`CURSORS`]: `close.p.1m`, `purge.b.1h`, …
+pub fn cursor_key(sweep: Sweep, dim: Dimension, size: WindowSize) -> String {
+    let sweep = match sweep {
+        Sweep::Close => "close",
+        Sweep::Purge => "purge",
+    };
+    format!("{sweep}.{}.{}", dim.as_str(), size.as_str())
 }
 
-fn due_table(dim: Dimension) -> &'static Table<Due> {
-    match dim {
-        Dimension::Product => &DUE_PRODUCT,
-        Dimension::Brand => &DUE_BRAND,
-    }
+/// The two passes over windows as stream time moves on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sweep {
+    /// The grace period ended: publish the final value (the window stays queryable).
+    Close,
+    /// The retention ended: forget the window.
+    Purge,
+}
+
+/// The first key a sweep has not passed yet (all keys below it were swept).
+pub fn cursor_or_start(cursor: Option<String>, dim: Dimension, size: WindowSize) -> String {
+    cursor.unwrap_or_else(|| start_prefix(dim, size, 0))
 }
 
 const HELD_COUNT: &str = "held";
@@ -213,14 +220,7 @@ impl Aggregator {
         for size in SIZES {
             let start = start_of(size, time_ms);
             let key = state_key(dim, id, size, start);
-            let mut window = match state.get(&WINDOWS, &key)? {
-                Some(w) => w,
-                None => {
-                    let close_at = start + size_ms(size) + self.settings.grace_ms;
-                    self.schedule(state, dim, close_at, &key, Due::Close)?;
-                    WindowState::default()
-                }
-            };
+            let mut window = state.get(&WINDOWS, &key)?.unwrap_or_default();
             window.add(activity);
             if now - window.published_ms >= self.settings.interim_ms {
                 window.published_ms = now;
@@ -240,70 +240,66 @@ impl Aggregator {
         Ok(())
     }
 
-    fn schedule(
-        &self,
-        state: &mut State<'_>,
-        dim: Dimension,
-        at_ms: i64,
-        key: &str,
-        due: Due,
-    ) -> Result<(), ProcessError> {
-        state.put(due_table(dim), &due_key(at_ms, key), &due)?;
-        let next = Self::meta(state, next_due_key(dim))?.unwrap_or(i64::MAX);
-        if at_ms < next {
-            state.put(&META, next_due_key(dim), &at_ms)?;
-        }
-        Ok(())
-    }
-
-    /// Closes and purges what is due by `dim`'s stream time.
+    /// Closes the windows whose grace period ended and forgets those whose retention
+    /// ended, by `dim`'s stream time: for each size and sweep, the windows between the
+    /// sweep's cursor and the bound are one key range (keys are time-ordered), read only
+    /// when the bound passed a window start.
     fn close_due(
         &self,
         state: &mut State<'_>,
         dim: Dimension,
         out: &mut Vec<WindowOut>,
     ) -> Result<(), ProcessError> {
-        let stream_time = Self::meta(state, stream_time_key(dim))?.unwrap_or(i64::MIN);
-        let next = Self::meta(state, next_due_key(dim))?.unwrap_or(i64::MAX);
-        if stream_time < next {
+        let Some(stream_time) = Self::meta(state, stream_time_key(dim))? else {
             return Ok(());
-        }
-        let table = due_table(dim);
-        let due = state.range(table, "", &due_until(stream_time), CLOSE_PER_MESSAGE)?;
-        for (due_key_, what) in &due {
-            state.delete(table, due_key_)?;
-            let Some((_, key)) = due_key_.split_once('|') else {
-                continue;
-            };
-            let Some(mut window) = state.get(&WINDOWS, key)? else {
-                continue;
-            };
-            match what {
-                Due::Close => {
-                    window.is_final = true;
-                    if let Some((dim, id, size, start)) = parse_state_key(key) {
-                        out.push(WindowOut {
-                            dim,
-                            id: id.to_owned(),
-                            size,
-                            start,
-                            window: window.clone(),
-                        });
-                        let purge_at = start + size_ms(size) + self.settings.retention_ms;
-                        state.put(table, &due_key(purge_at, key), &Due::Purge)?;
-                    }
-                    state.put(&WINDOWS, key, &window)?;
+        };
+        let mut budget = CLOSE_PER_MESSAGE;
+        for size in SIZES {
+            let closable = stream_time
+                .saturating_sub(self.settings.grace_ms)
+                .saturating_sub(size_ms(size));
+            // Never forget a window before its final value was published.
+            let purgeable = stream_time
+                .saturating_sub(self.settings.retention_ms.max(self.settings.grace_ms))
+                .saturating_sub(size_ms(size));
+            for (sweep, bound) in [(Sweep::Close, closable), (Sweep::Purge, purgeable)] {
+                if budget == 0 {
+                    return Ok(());
                 }
-                Due::Purge => state.delete(&WINDOWS, key)?,
+                // Windows starting at or before `bound` are due: every key below the next
+                // start's prefix.
+                let upper = start_prefix(dim, size, start_of(size, bound) + size_ms(size));
+                let cursor_key = cursor_key(sweep, dim, size);
+                let cursor = cursor_or_start(state.get(&CURSORS, &cursor_key)?, dim, size);
+                if cursor >= upper {
+                    continue;
+                }
+                let due = state.range(&WINDOWS, &cursor, &upper, budget)?;
+                budget -= due.len();
+                let next = match due.last() {
+                    Some((last, _)) if budget == 0 => format!("{last}\0"),
+                    _ => upper,
+                };
+                for (key, mut window) in due {
+                    match sweep {
+                        Sweep::Close => {
+                            if let Some((dim, id, size, start)) = parse_state_key(&key) {
+                                window.is_final = true;
+                                out.push(WindowOut {
+                                    dim,
+                                    id: id.to_owned(),
+                                    size,
+                                    start,
+                                    window,
+                                });
+                            }
+                        }
+                        Sweep::Purge => state.delete(&WINDOWS, &key)?,
+                    }
+                }
+                state.put(&CURSORS, &cursor_key, &next)?;
             }
         }
-        // The next due time: the first entry left (purges just scheduled included).
-        let rest = state.range(table, "", "~", 1)?;
-        let next = rest
-            .first()
-            .and_then(|(k, _)| due_time(k))
-            .unwrap_or(i64::MAX);
-        state.put(&META, next_due_key(dim), &next)?;
         Ok(())
     }
 

@@ -14,8 +14,10 @@ use tributary_events::{Dimension, WindowSize};
 use tributary_runtime::Health;
 use tributary_state::{ReadError, StateReader};
 
-use crate::aggregator::WINDOWS;
-use crate::window::{self, parse_state_key, state_range};
+use crate::aggregator::{
+    CURSORS, META, Sweep, WINDOWS, cursor_key, cursor_or_start, stream_time_key,
+};
+use crate::window::{self, WindowState, parse_state_key, size_ms, start_of, state_key};
 
 /// Windows one answer holds at most (a day of minutes is 1,440).
 pub const MAX_WINDOWS: usize = 10_000;
@@ -163,13 +165,19 @@ async fn aggregates(State(api): State<Api>, RawQuery(raw): RawQuery) -> Response
         Err(bad) => return bad.into_response(),
     };
     let partition = partition_of(&query.id, api.partitions);
-    let (from, to) = state_range(query.dim, &query.id, query.size, query.from_ms, query.to_ms);
     let reader = api.reader.clone();
+    let (dim, id, size, from_ms, to_ms) = (
+        query.dim,
+        query.id.clone(),
+        query.size,
+        query.from_ms,
+        query.to_ms,
+    );
     let read = tokio::task::spawn_blocking(move || {
-        reader.range(partition, &WINDOWS, &from, &to, MAX_WINDOWS + 1)
+        read_windows(&reader, partition, dim, &id, size, from_ms, to_ms)
     })
     .await;
-    let rows = match read {
+    let (rows, truncated) = match read {
         Ok(Ok(rows)) => rows,
         Ok(Err(ReadError::NotOwned(p))) => {
             return (
@@ -214,13 +222,9 @@ async fn aggregates(State(api): State<Api>, RawQuery(raw): RawQuery) -> Response
                 .into_response();
         }
     };
-    let truncated = rows.len() > MAX_WINDOWS;
     let mut windows: Vec<Value> = Vec::new();
-    for (key, state) in rows.into_iter().take(MAX_WINDOWS) {
-        let Some((dim, id, size, start)) = parse_state_key(&key) else {
-            continue;
-        };
-        for (_, row) in state.rows(dim, id, size, start) {
+    for (start, state) in rows {
+        for (_, row) in state.rows(query.dim, &query.id, query.size, start) {
             windows.push(json!({
                 "start": window::millis(start).to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
                 "end": row.end.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
@@ -244,6 +248,63 @@ async fn aggregates(State(api): State<Api>, RawQuery(raw): RawQuery) -> Response
         "windows": windows,
     }))
     .into_response()
+}
+
+/// The committed windows of `id` starting in `[from_ms, to_ms)`, with `final` set on those
+/// closed; whether more than [`MAX_WINDOWS`] were asked for. Window keys are time-ordered,
+/// not id-ordered, so the windows are read by key, one per possible start: only starts
+/// between the oldest window kept and the newest event time can hold one.
+fn read_windows(
+    reader: &StateReader,
+    partition: i32,
+    dim: Dimension,
+    id: &str,
+    size: WindowSize,
+    from_ms: i64,
+    to_ms: i64,
+) -> Result<(Vec<(i64, WindowState)>, bool), ReadError> {
+    let Some(stream_time) = reader.get(partition, &META, stream_time_key(dim))? else {
+        return Ok((Vec::new(), false));
+    };
+    let close = cursor_or_start(
+        reader.get(partition, &CURSORS, &cursor_key(Sweep::Close, dim, size))?,
+        dim,
+        size,
+    );
+    let purge = cursor_or_start(
+        reader.get(partition, &CURSORS, &cursor_key(Sweep::Purge, dim, size))?,
+        dim,
+        size,
+    );
+    let oldest = parse_state_key(&purge).map_or(0, |(_, _, _, start)| start);
+    let step = size_ms(size);
+    let first = start_of(size, from_ms.max(oldest));
+    let first = if first < from_ms { first + step } else { first };
+    let end = to_ms.min(stream_time.saturating_add(1));
+    let starts: Vec<i64> = (0..)
+        .map(|i| first + i * step)
+        .take_while(|s| *s < end)
+        .take(MAX_WINDOWS + 1)
+        .collect();
+    let truncated = starts.len() > MAX_WINDOWS;
+    let keys: Vec<String> = starts
+        .iter()
+        .take(MAX_WINDOWS)
+        .map(|s| state_key(dim, id, size, *s))
+        .collect();
+    let values = reader.get_many(partition, &WINDOWS, &keys)?;
+    let windows = keys
+        .iter()
+        .zip(starts)
+        .zip(values)
+        .filter_map(|((key, start), value)| {
+            value.map(|mut w: WindowState| {
+                w.is_final = *key < close;
+                (start, w)
+            })
+        })
+        .collect();
+    Ok((windows, truncated))
 }
 
 #[cfg(test)]

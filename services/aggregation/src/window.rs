@@ -31,74 +31,39 @@ fn dim_tag(dim: Dimension) -> char {
     }
 }
 
-/// The state key of a window: `p|<id>|1m|<start ms, 13 digits>`; the fixed-width start
-/// makes one id's windows of one size a contiguous range in start order.
+/// The state key of a window: `p|1m|<start ms, 13 digits>|<id>`. Time before id: every
+/// window of one dimension and size that starts before a time is one key range, so closing
+/// and forgetting windows as stream time passes are range scans, with no index to keep.
 pub fn state_key(dim: Dimension, id: &str, size: WindowSize, start_ms: i64) -> String {
-    format!(
-        "{}|{id}|{}|{:013}",
-        dim_tag(dim),
-        size.as_str(),
-        start_ms.max(0)
-    )
+    format!("{}{id}", start_prefix(dim, size, start_ms))
 }
 
-/// The state-key range `[from, to)` of `id`'s `size` windows starting in `[from_ms, to_ms)`.
-pub fn state_range(
-    dim: Dimension,
-    id: &str,
-    size: WindowSize,
-    from_ms: i64,
-    to_ms: i64,
-) -> (String, String) {
-    (
-        state_key(dim, id, size, from_ms),
-        state_key(dim, id, size, to_ms),
+/// The keys of `dim`'s `size` windows starting at `start_ms` all begin with this, and it
+/// sorts after every key of an earlier start (`|` follows the digits).
+pub fn start_prefix(dim: Dimension, size: WindowSize, start_ms: i64) -> String {
+    format!(
+        "{}|{}|{:013}|",
+        dim_tag(dim),
+        size.as_str(),
+        start_ms.clamp(0, 9_999_999_999_999)
     )
 }
 
 /// Parses a state key back into its parts.
 pub fn parse_state_key(key: &str) -> Option<(Dimension, &str, WindowSize, i64)> {
-    let mut parts = key.splitn(2, '|');
+    let mut parts = key.splitn(4, '|');
     let dim = match parts.next()? {
         "p" => Dimension::Product,
         "b" => Dimension::Brand,
         _ => return None,
     };
-    let rest = parts.next()?;
-    let (rest, start) = rest.rsplit_once('|')?;
-    let (id, size) = rest.rsplit_once('|')?;
-    let size = match size {
+    let size = match parts.next()? {
         "1m" => WindowSize::Minute,
         "1h" => WindowSize::Hour,
         _ => return None,
     };
-    Some((dim, id, size, start.parse().ok()?))
-}
-
-/// The due-table key of an action at `at_ms` on the window `state_key`: fixed-width time
-/// first, so that everything due by a time is one range.
-pub fn due_key(at_ms: i64, state_key: &str) -> String {
-    format!("{:013}|{state_key}", at_ms.max(0))
-}
-
-/// The exclusive upper bound of due keys at or before `at_ms`.
-pub fn due_until(at_ms: i64) -> String {
-    format!("{:013}", at_ms.saturating_add(1).max(0))
-}
-
-/// The time part of a due key.
-pub fn due_time(key: &str) -> Option<i64> {
-    key.split_once('|')?.0.parse().ok()
-}
-
-/// What is due on a window.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Due {
-    /// The grace period ended: publish the final value.
-    Close,
-    /// The retention ended: forget the window.
-    Purge,
+    let start = parts.next()?.parse().ok()?;
+    Some((dim, parts.next()?, size, start))
 }
 
 /// Orders of one currency in a window.
@@ -254,22 +219,24 @@ mod tests {
         assert_eq!(start_of(WindowSize::Minute, 125_000), 120_000);
         assert_eq!(start_of(WindowSize::Hour, 3_600_001), 3_600_000);
         assert_eq!(start_of(WindowSize::Minute, -1), -60_000);
-        let a = state_key(Dimension::Product, "p-1", WindowSize::Minute, 60_000);
-        let b = state_key(Dimension::Product, "p-1", WindowSize::Minute, 600_000);
-        assert!(a < b);
+        let a = state_key(Dimension::Product, "zz", WindowSize::Minute, 60_000);
+        let b = state_key(Dimension::Product, "a", WindowSize::Minute, 600_000);
+        assert!(a < b, "start orders before id");
         assert_eq!(
             parse_state_key(&a),
-            Some((Dimension::Product, "p-1", WindowSize::Minute, 60_000))
+            Some((Dimension::Product, "zz", WindowSize::Minute, 60_000))
         );
-        // Ids may hold ':' and '.', never '|'.
-        let k = state_key(Dimension::Brand, "b:1.x", WindowSize::Hour, 0);
+        // Ids may hold ':', '.' and even '|'.
+        let k = state_key(Dimension::Brand, "b:1.x|y", WindowSize::Hour, 0);
         assert_eq!(
             parse_state_key(&k),
-            Some((Dimension::Brand, "b:1.x", WindowSize::Hour, 0))
+            Some((Dimension::Brand, "b:1.x|y", WindowSize::Hour, 0))
         );
-        assert!(due_key(100, &a) < due_until(100));
-        assert!(due_key(101, &a) > due_until(100));
-        assert_eq!(due_time(&due_key(42, &a)), Some(42));
+        // Every key of a start lies between its prefix and the next start's.
+        let p = start_prefix(Dimension::Product, WindowSize::Minute, 60_000);
+        let next = start_prefix(Dimension::Product, WindowSize::Minute, 120_000);
+        assert!(p <= a && a < next);
+        assert!(b > next);
     }
 
     #[test]

@@ -168,6 +168,7 @@ async fn sigkill_three_times_mid_stream_counts_every_event_exactly_once() {
     // Every event is read twice (activity, then re-keyed by brand), plus the products.
     let total = 2 * n as i64 + PRODUCTS as i64;
     let mut kills = 0;
+    let began = Instant::now();
     for fraction in [0.15, 0.4, 0.7] {
         let at_least = (total as f64 * fraction) as i64;
         let started = Instant::now();
@@ -181,6 +182,7 @@ async fn sigkill_three_times_mid_stream_counts_every_event_exactly_once() {
         service.child.kill().unwrap();
         service.child.wait().unwrap();
         kills += 1;
+        eprintln!("{:?}: killed at {at_least} of {total}", began.elapsed());
         service = spawn(broker, &topics, dir.path(), SETTINGS);
     }
     producer.await.unwrap();
@@ -188,6 +190,7 @@ async fn sigkill_three_times_mid_stream_counts_every_event_exactly_once() {
     // positions move only once outputs are acknowledged) and the repartition topic is read
     // to its end, duplicates re-sent after the crashes included.
     wait_drained(broker, &topics, &service, n as i64).await;
+    eprintln!("{:?}: drained", began.elapsed());
     terminate(&mut service);
     assert_eq!(kills, 3);
 
@@ -215,6 +218,7 @@ async fn sigkill_three_times_mid_stream_counts_every_event_exactly_once() {
     let empty = tempfile::tempdir().unwrap();
     let mut second = spawn(broker, &topics, empty.path(), SETTINGS);
     wait_drained(broker, &topics, &second, n as i64).await;
+    eprintln!("{:?}: restored into an empty DATA_DIR", began.elapsed());
     let status = status(second.admin).await;
     let ready = status["state"]["partitions"].as_array().is_some_and(|ps| {
         ps.len() == PARTITIONS as usize && ps.iter().all(|p| p["state"] == "ready")

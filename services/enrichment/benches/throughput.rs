@@ -3,7 +3,6 @@
 //! no-op loop reading the same records in the same run; with its memory and state size.
 //! Prints JSON lines for `cargo xtask bench`.
 
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,6 +15,7 @@ use tributary_runtime::rdkafka::producer::{FutureProducer, FutureRecord};
 use tributary_runtime::{
     Incoming, Output, ProcessError, Processor, RuntimeConfig, ServiceSpec, Shutdown,
 };
+use tributary_testkit::process::{cpu_seconds, disk_bytes, memory_mib};
 use tributary_testkit::{TestBroker, send_waiting, unique_name};
 
 const PARTITIONS: i32 = 6;
@@ -148,49 +148,6 @@ fn positions(status: &Value) -> u64 {
                 .sum()
         })
         .unwrap_or(0)
-}
-
-/// Peak and current resident memory of a process, in MiB, from `/proc`.
-fn memory_mib(pid: u32) -> (f64, f64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|kb| kb.parse::<f64>().ok())
-            .map_or(0.0, |kb| kb / 1024.0)
-    };
-    (field("VmHWM:"), field("VmRSS:"))
-}
-
-/// CPU seconds (user + system) a process used so far, from `/proc`.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which may hold spaces): utime and stime are the
-    // 14th and 15th fields of the line, the 12th and 13th after the closing parenthesis.
-    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    let ticks: Vec<f64> = after
-        .split_whitespace()
-        .skip(11)
-        .take(2)
-        .filter_map(|t| t.parse().ok())
-        .collect();
-    ticks.iter().sum::<f64>() / 100.0
-}
-
-/// Bytes of every file under `dir`.
-fn disk_bytes(dir: &Path) -> u64 {
-    std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|entry| match entry.file_type() {
-            Ok(t) if t.is_dir() => disk_bytes(&entry.path()),
-            Ok(_) => entry.metadata().map_or(0, |m| m.len()),
-            Err(_) => 0,
-        })
-        .sum()
 }
 
 #[tokio::main]

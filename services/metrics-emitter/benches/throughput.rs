@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 use tributary_events::{Activity, ActivityKind, Envelope, Event, topics};
 use tributary_runtime::rdkafka::consumer::{BaseConsumer, Consumer};
 use tributary_runtime::rdkafka::producer::{FutureProducer, FutureRecord};
+use tributary_testkit::process::memory_mib;
 use tributary_testkit::{TestBroker, send_waiting, unique_name};
 
 const PARTITIONS: i32 = 6;
@@ -54,20 +55,6 @@ fn bare(broker: &TestBroker, n: u64) -> f64 {
         }
     }
     n as f64 / first.unwrap().elapsed().as_secs_f64()
-}
-
-/// Peak and current resident memory of a process, in MiB, from `/proc`.
-fn memory_mib(pid: u32) -> (f64, f64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|kb| kb.parse::<f64>().ok())
-            .map_or(0.0, |kb| kb / 1024.0)
-    };
-    (field("VmHWM:"), field("VmRSS:"))
 }
 
 #[tokio::main]
