@@ -72,68 +72,6 @@ fn stream(n: usize) -> Vec<Envelope> {
         .collect()
 }
 
-/// Sum of the positions of `topic`'s partitions in a `/status`.
-fn positions_of(status: &serde_json::Value, topic: &str) -> i64 {
-    status["partitions"].as_array().map_or(0, |ps| {
-        ps.iter()
-            .filter(|p| p["topic"] == topic)
-            .map(|p| p["position"].as_i64().unwrap_or(0))
-            .sum()
-    })
-}
-
-/// Waits until `service` processed all `n` activity records and then read the repartition
-/// topic to its end.
-async fn wait_drained(broker: &'static TestBroker, topics: &Topics, service: &Child, n: i64) {
-    let started = Instant::now();
-    let deadline = Duration::from_secs(600);
-    // Positions start at the group's committed offsets: first, every store restored and
-    // every partition reading.
-    loop {
-        let status = status(service.admin).await;
-        let restored = status["state"]["partitions"].as_array().is_some_and(|ps| {
-            ps.len() == PARTITIONS as usize && ps.iter().all(|p| p["state"] == "ready")
-        });
-        let running = status["partitions"].as_array().is_some_and(|ps| {
-            ps.len() == 3 * PARTITIONS as usize
-                && ps
-                    .iter()
-                    .all(|p| p["state"] == "running" || p["state"] == "throttled")
-        });
-        if restored && running {
-            break;
-        }
-        assert!(started.elapsed() < deadline, "not restored: {status:#}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    while positions_of(&status(service.admin).await, &topics.activity) < n {
-        assert!(started.elapsed() < deadline, "activity not processed");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let topic = topics.repartition.clone();
-    let end: i64 = tokio::task::spawn_blocking(move || {
-        use tributary_runtime::rdkafka::consumer::{BaseConsumer, Consumer};
-        let consumer: BaseConsumer = broker.client_config().create().unwrap();
-        (0..PARTITIONS)
-            .map(|p| {
-                consumer
-                    .fetch_watermarks(&topic, p, Duration::from_secs(10))
-                    .unwrap()
-                    .1
-            })
-            .sum()
-    })
-    .await
-    .unwrap();
-    while positions_of(&status(service.admin).await, &topics.repartition) < end {
-        assert!(
-            started.elapsed() < deadline,
-            "repartition topic not drained to {end}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigkill_three_times_mid_stream_counts_every_event_exactly_once() {
     let n = events_wanted();
@@ -189,7 +127,7 @@ async fn sigkill_three_times_mid_stream_counts_every_event_exactly_once() {
     // Done when every activity record is processed (its re-keyed record then exists:
     // positions move only once outputs are acknowledged) and the repartition topic is read
     // to its end, duplicates re-sent after the crashes included.
-    wait_drained(broker, &topics, &service, n as i64).await;
+    wait_drained(broker, &topics, &service, PARTITIONS, n as i64).await;
     eprintln!("{:?}: drained", began.elapsed());
     terminate(&mut service);
     assert_eq!(kills, 3);
@@ -217,7 +155,7 @@ async fn sigkill_three_times_mid_stream_counts_every_event_exactly_once() {
     // An instance with an empty DATA_DIR restores the same windows from the changelog.
     let empty = tempfile::tempdir().unwrap();
     let mut second = spawn(broker, &topics, empty.path(), SETTINGS);
-    wait_drained(broker, &topics, &second, n as i64).await;
+    wait_drained(broker, &topics, &second, PARTITIONS, n as i64).await;
     eprintln!("{:?}: restored into an empty DATA_DIR", began.elapsed());
     let status = status(second.admin).await;
     let ready = status["state"]["partitions"].as_array().is_some_and(|ps| {

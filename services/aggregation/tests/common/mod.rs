@@ -373,3 +373,71 @@ pub fn reference_all(
     }
     out
 }
+
+/// Sum of the positions of `topic`'s partitions in a `/status`.
+pub fn positions_of(status: &serde_json::Value, topic: &str) -> i64 {
+    status["partitions"].as_array().map_or(0, |ps| {
+        ps.iter()
+            .filter(|p| p["topic"] == topic)
+            .map(|p| p["position"].as_i64().unwrap_or(0))
+            .sum()
+    })
+}
+
+/// Waits until `service` processed all `n` activity records and then read the repartition
+/// topic to its end.
+pub async fn wait_drained(
+    broker: &'static TestBroker,
+    topics: &Topics,
+    service: &Child,
+    partitions: i32,
+    n: i64,
+) {
+    let started = Instant::now();
+    let deadline = Duration::from_secs(600);
+    // Positions start at the group's committed offsets: first, every store restored and
+    // every partition reading.
+    loop {
+        let status = status(service.admin).await;
+        let restored = status["state"]["partitions"].as_array().is_some_and(|ps| {
+            ps.len() == partitions as usize && ps.iter().all(|p| p["state"] == "ready")
+        });
+        let running = status["partitions"].as_array().is_some_and(|ps| {
+            ps.len() == 3 * partitions as usize
+                && ps
+                    .iter()
+                    .all(|p| p["state"] == "running" || p["state"] == "throttled")
+        });
+        if restored && running {
+            break;
+        }
+        assert!(started.elapsed() < deadline, "not restored: {status:#}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    while positions_of(&status(service.admin).await, &topics.activity) < n {
+        assert!(started.elapsed() < deadline, "activity not processed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let topic = topics.repartition.clone();
+    let end: i64 = tokio::task::spawn_blocking(move || {
+        use tributary_runtime::rdkafka::consumer::{BaseConsumer, Consumer};
+        let consumer: BaseConsumer = broker.client_config().create().unwrap();
+        (0..partitions)
+            .map(|p| {
+                consumer
+                    .fetch_watermarks(&topic, p, Duration::from_secs(10))
+                    .unwrap()
+                    .1
+            })
+            .sum()
+    })
+    .await
+    .unwrap();
+    while positions_of(&status(service.admin).await, &topics.repartition) < end {
+        assert!(
+            started.elapsed() < deadline,
+            "repartition topic not drained to {end}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
