@@ -26,7 +26,8 @@ commands:
              create the topics, start every service; Ctrl-C stops everything
              options: --demo (load a demo catalog through ingest)
   bench      run the benchmarks against baselines measured in the same run and write
-             docs/benchmarks.md; options: --messages N (default 1000000)
+             docs/benchmarks.md; options: --messages N (default 1000000), --only PACKAGE
+             (re-run one benchmark; its rows replace its old ones)
   schemas    regenerate schemas/ from the event types (refused if incompatible)";
 
 fn main() -> ExitCode {
