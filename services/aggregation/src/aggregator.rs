@@ -35,6 +35,9 @@ pub const META: Table<i64> = Table::new("meta");
 
 /// How many windows one message closes or forgets at most (the rest go with the next ones).
 const CLOSE_PER_MESSAGE: usize = 5_000;
+/// Event times windows can hold: from the epoch until the 13-digit keys run out (2286),
+/// less an hour, so that every window of a valid time has a key of its own.
+const MAX_EVENT_TIME_MS: i64 = 9_999_999_999_999 - 3_600_000;
 /// How many held events one product releases per message at most.
 const RELEASE_PER_MESSAGE: usize = 10_000;
 
@@ -204,9 +207,24 @@ impl Aggregator {
         time_ms: i64,
         out: &mut Vec<WindowOut>,
     ) -> Result<(), ProcessError> {
+        if !(0..MAX_EVENT_TIME_MS).contains(&time_ms) {
+            return Err(ProcessError::Permanent(format!(
+                "event time {time_ms} ms is outside the windows' range (1970 to 2286)"
+            )));
+        }
         let stream_time = Self::meta(state, stream_time_key(dim))?.unwrap_or(i64::MIN);
-        let minute_end = start_of(WindowSize::Minute, time_ms) + size_ms(WindowSize::Minute);
-        if minute_end.saturating_add(self.settings.grace_ms) <= stream_time {
+        let minute_start = start_of(WindowSize::Minute, time_ms);
+        let minute_end = minute_start + size_ms(WindowSize::Minute);
+        // Closed also when the close sweep passed it under an earlier, shorter grace period
+        // (a setting changed across a restart): a final value is never amended.
+        let swept = cursor_or_start(
+            state.get(&CURSORS, &cursor_key(Sweep::Close, dim, WindowSize::Minute))?,
+            dim,
+            WindowSize::Minute,
+        );
+        if minute_end.saturating_add(self.settings.grace_ms) <= stream_time
+            || state_key(dim, id, WindowSize::Minute, minute_start) < swept
+        {
             counter!(names::LATE, "dim" => dim.as_str()).increment(1);
             return Err(ProcessError::Permanent(format!(
                 "late: event time {} is past the grace period ({} ms) of its 1m window for {} {id}, closed at stream time {}",

@@ -251,7 +251,7 @@ async fn aggregates(State(api): State<Api>, RawQuery(raw): RawQuery) -> Response
 }
 
 /// The committed windows of `id` starting in `[from_ms, to_ms)`, with `final` set on those
-/// closed; whether more than [`MAX_WINDOWS`] were asked for. Window keys are time-ordered,
+/// closed (the newest [`MAX_WINDOWS`] when more could exist, and then `true`). Window keys are time-ordered,
 /// not id-ordered, so the windows are read by key, one per possible start: only starts
 /// between the oldest window kept and the newest event time can hold one.
 fn read_windows(
@@ -281,15 +281,26 @@ fn read_windows(
     let first = start_of(size, from_ms.max(oldest));
     let first = if first < from_ms { first + step } else { first };
     let end = to_ms.min(stream_time.saturating_add(1));
+    // More possible starts than an answer holds: the newest ones (older windows left out,
+    // `truncated` says so).
+    let count = if end > first {
+        (end - first - 1) / step + 1
+    } else {
+        0
+    };
+    let truncated = count > MAX_WINDOWS as i64;
+    let first = if truncated {
+        first + (count - MAX_WINDOWS as i64) * step
+    } else {
+        first
+    };
     let starts: Vec<i64> = (0..)
         .map(|i| first + i * step)
         .take_while(|s| *s < end)
-        .take(MAX_WINDOWS + 1)
+        .take(MAX_WINDOWS)
         .collect();
-    let truncated = starts.len() > MAX_WINDOWS;
     let keys: Vec<String> = starts
         .iter()
-        .take(MAX_WINDOWS)
         .map(|s| state_key(dim, id, size, *s))
         .collect();
     let values = reader.get_many(partition, &WINDOWS, &keys)?;

@@ -29,8 +29,9 @@ pub const NAME: &str = "aggregation";
 /// The admin port of aggregation (CONTRACTS.md).
 pub const ADMIN_PORT: u16 = 9103;
 
-/// The store's name: the changelog is `<group>.windows.changelog`.
-pub const STORE: &str = "windows";
+/// The store's name: the changelog is `<group>.windows-v2.changelog`. (v2: window keys
+/// ordered by time; a store of the first layout is left alone, not misread.)
+pub const STORE: &str = "windows-v2";
 
 /// The internal topic activity is re-keyed by brand through.
 pub const REPARTITION_TOPIC: &str = "aggregation.by-brand.repartition";

@@ -90,7 +90,8 @@ pub struct WindowState {
     /// The window's first currency: its row carries the views and carts.
     #[serde(default)]
     pub primary: Option<String>,
-    /// Closed: the final value was published and nothing changes it any more.
+    /// Closed: the final value was published and nothing changes it any more. Set on the
+    /// values published and served (from the close cursor), never stored.
     #[serde(default, rename = "final")]
     pub is_final: bool,
     /// Wall-clock ms of the last interim publication (interim updates are rate-limited).
