@@ -1,6 +1,39 @@
-//! What a benchmark reads off a child process from `/proc`: memory, CPU time, disk use.
+//! What a benchmark measures besides the service: a child process's memory, CPU time and
+//! disk use from `/proc`, and the bare-consumer baseline.
 
 use std::path::Path;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+
+use crate::{TestBroker, unique_name};
+
+/// Records per second a bare rdkafka `BaseConsumer` reads the first `n` records of `topics`
+/// at (no decoding, no commits), from its first record: the baseline of the service
+/// benchmarks. Fetches wait at most [`crate::FETCH_WAIT_MAX_MS`], as every client's do.
+pub fn bare_consumer_rate(broker: &TestBroker, topics: &[&str], n: u64) -> f64 {
+    let consumer: BaseConsumer = broker
+        .client_config()
+        .set("group.id", unique_name("bench-bare"))
+        .set("session.timeout.ms", "6000")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", crate::FETCH_WAIT_MAX_MS)
+        .create()
+        .expect("a bare consumer");
+    consumer
+        .subscribe(topics)
+        .expect("subscribing the bare consumer");
+    let mut seen = 0;
+    let mut first = None;
+    while seen < n {
+        if let Some(Ok(_)) = consumer.poll(Duration::from_millis(100)) {
+            first.get_or_insert_with(Instant::now);
+            seen += 1;
+        }
+    }
+    first.map_or(0.0, |f| n as f64 / f.elapsed().as_secs_f64())
+}
 
 /// Peak (`VmHWM`) and current (`VmRSS`) resident memory of a process, in MiB.
 pub fn memory_mib(pid: u32) -> (f64, f64) {

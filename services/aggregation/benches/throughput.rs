@@ -20,7 +20,7 @@ use tributary_runtime::rdkafka::client::DefaultClientContext;
 use tributary_runtime::rdkafka::consumer::{BaseConsumer, Consumer};
 use tributary_runtime::rdkafka::producer::{FutureProducer, FutureRecord};
 use tributary_runtime::{RuntimeConfig, Shutdown};
-use tributary_testkit::process::{cpu_seconds, disk_bytes, memory_mib};
+use tributary_testkit::process::{bare_consumer_rate, cpu_seconds, disk_bytes, memory_mib};
 use tributary_testkit::{TestBroker, send_waiting, unique_name};
 
 const PARTITIONS: i32 = 6;
@@ -129,28 +129,6 @@ async fn create_topics(broker: &TestBroker) {
     {
         result.unwrap();
     }
-}
-
-/// A bare rdkafka consumer reading the activity topic: no decoding, no commits.
-fn bare(broker: &TestBroker, n: u64) -> f64 {
-    let consumer: BaseConsumer = broker
-        .client_config()
-        .set("group.id", unique_name("bench-bare"))
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .set("fetch.wait.max.ms", tributary_testkit::FETCH_WAIT_MAX_MS)
-        .create()
-        .unwrap();
-    consumer.subscribe(&[topics::ACTIVITY]).unwrap();
-    let mut seen = 0;
-    let mut first = None;
-    while seen < n {
-        if let Some(Ok(_)) = consumer.poll(Duration::from_millis(100)) {
-            first.get_or_insert_with(Instant::now);
-            seen += 1;
-        }
-    }
-    n as f64 / first.unwrap().elapsed().as_secs_f64()
 }
 
 /// The sum of `topic`'s positions in a `/status` document.
@@ -510,7 +488,8 @@ async fn main() {
     produce(&broker, topics::PRODUCTS, (0..PRODUCTS).map(product)).await;
     produce(&broker, topics::ACTIVITY, (0..n).map(event)).await;
     eprintln!("bench: {n} activity events produced; bare consumer");
-    let baseline = tokio::task::block_in_place(|| bare(&broker, n));
+    let baseline =
+        tokio::task::block_in_place(|| bare_consumer_rate(&broker, &[topics::ACTIVITY], n));
     eprintln!("bench: aggregation");
     let ours = ours(&broker, n).await;
     eprintln!(

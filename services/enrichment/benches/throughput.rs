@@ -10,12 +10,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use tributary_events::{Envelope, Event, Price, Product, Stock, topics};
-use tributary_runtime::rdkafka::consumer::{BaseConsumer, Consumer};
 use tributary_runtime::rdkafka::producer::{FutureProducer, FutureRecord};
 use tributary_runtime::{
     Incoming, Output, ProcessError, Processor, RuntimeConfig, ServiceSpec, Shutdown,
 };
-use tributary_testkit::process::{cpu_seconds, disk_bytes, memory_mib};
+use tributary_testkit::process::{bare_consumer_rate, cpu_seconds, disk_bytes, memory_mib};
 use tributary_testkit::{TestBroker, send_waiting, unique_name};
 
 const PARTITIONS: i32 = 6;
@@ -60,28 +59,6 @@ fn update(i: u64) -> (&'static str, Envelope) {
         ),
     };
     (topic, Envelope::new("bench", event))
-}
-
-fn bare(broker: &TestBroker, n: u64) -> f64 {
-    let consumer: BaseConsumer = broker
-        .client_config()
-        .set("group.id", unique_name("bench-bare"))
-        .set("session.timeout.ms", "6000")
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .set("fetch.wait.max.ms", tributary_testkit::FETCH_WAIT_MAX_MS)
-        .create()
-        .unwrap();
-    consumer.subscribe(&INPUTS).unwrap();
-    let mut seen = 0;
-    let mut first = None;
-    while seen < n {
-        if let Some(Ok(_)) = consumer.poll(Duration::from_millis(100)) {
-            first.get_or_insert_with(Instant::now);
-            seen += 1;
-        }
-    }
-    n as f64 / first.unwrap().elapsed().as_secs_f64()
 }
 
 /// A co-partitioned processor that does nothing: the runtime's cost with enrichment's task
@@ -182,7 +159,7 @@ async fn main() {
         d.await.unwrap().unwrap();
     }
     eprintln!("bench: {n} updates produced; bare consumer");
-    let baseline = tokio::task::block_in_place(|| bare(&broker, n));
+    let baseline = tokio::task::block_in_place(|| bare_consumer_rate(&broker, &INPUTS, n));
     eprintln!("bench: no-op loop");
     let loop_rate = no_op_loop(&broker, n).await;
 

@@ -10,9 +10,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use tributary_events::{Activity, ActivityKind, Envelope, Event, topics};
-use tributary_runtime::rdkafka::consumer::{BaseConsumer, Consumer};
 use tributary_runtime::rdkafka::producer::{FutureProducer, FutureRecord};
-use tributary_testkit::process::memory_mib;
+use tributary_testkit::process::{bare_consumer_rate, memory_mib};
 use tributary_testkit::{TestBroker, send_waiting, unique_name};
 
 const PARTITIONS: i32 = 6;
@@ -33,28 +32,6 @@ fn event(i: u64) -> Envelope {
             order_id: order.then(|| format!("o-{i}")),
         }),
     )
-}
-
-fn bare(broker: &TestBroker, n: u64) -> f64 {
-    let consumer: BaseConsumer = broker
-        .client_config()
-        .set("group.id", unique_name("bench-bare"))
-        .set("session.timeout.ms", "6000")
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .set("fetch.wait.max.ms", tributary_testkit::FETCH_WAIT_MAX_MS)
-        .create()
-        .unwrap();
-    consumer.subscribe(&[topics::ACTIVITY]).unwrap();
-    let mut seen = 0;
-    let mut first = None;
-    while seen < n {
-        if let Some(Ok(_)) = consumer.poll(Duration::from_millis(100)) {
-            first.get_or_insert_with(Instant::now);
-            seen += 1;
-        }
-    }
-    n as f64 / first.unwrap().elapsed().as_secs_f64()
 }
 
 #[tokio::main]
@@ -89,7 +66,7 @@ async fn main() {
         d.await.unwrap().unwrap();
     }
     eprintln!("bench: {n} activity events produced; bare consumer");
-    let baseline = bare(&broker, n);
+    let baseline = bare_consumer_rate(&broker, &[topics::ACTIVITY], n);
 
     // The StatsD agent: counts packets and lines.
     let agent = UdpSocket::bind("127.0.0.1:0").unwrap();
