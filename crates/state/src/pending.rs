@@ -9,6 +9,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::marker::PhantomData;
+use std::sync::Arc;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -50,8 +51,8 @@ pub(crate) fn valid_table_name(name: &str) -> bool {
 #[derive(Debug)]
 struct Applied {
     seq: u64,
-    /// `topic/partition` of the input.
-    partition: String,
+    /// `topic/partition` of the input (shared by every message of that partition).
+    partition: Arc<str>,
     offset: i64,
     changes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
 }
@@ -74,19 +75,34 @@ pub(crate) struct Pending {
     log: VecDeque<Applied>,
     /// The newest pending value of each entry, with the entry that wrote it.
     index: HashMap<Vec<u8>, (u64, Option<Vec<u8>>)>,
+    /// The `topic/partition` names seen, made once.
+    names: Vec<(String, i32, Arc<str>)>,
 }
 
 impl Pending {
-    /// Records the changes of the message at `offset` of `partition`.
+    /// Records the changes of the message at `offset` of `topic`'s `partition`.
     pub(crate) fn apply(
         &mut self,
-        partition: String,
+        topic: &str,
+        partition: i32,
         offset: i64,
         changes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
     ) {
         if changes.is_empty() {
             return;
         }
+        let partition = match self
+            .names
+            .iter()
+            .find(|(t, p, _)| *p == partition && t == topic)
+        {
+            Some((_, _, name)) => name.clone(),
+            None => {
+                let name: Arc<str> = format!("{topic}/{partition}").into();
+                self.names.push((topic.to_owned(), partition, name.clone()));
+                name
+            }
+        };
         self.seq += 1;
         let seq = self.seq;
         let changes: Vec<_> = changes.into_iter().collect();
@@ -111,21 +127,27 @@ impl Pending {
     /// the longest prefix of the log whose entries all lie before those offsets.
     pub(crate) fn prefix(&self, next: &BTreeMap<String, i64>) -> Prefix {
         let mut prefix = Prefix::default();
+        // Each entry's last write inside the prefix, copied once.
+        let mut last: HashMap<&[u8], (&Option<Vec<u8>>, &Applied)> = HashMap::new();
         for applied in &self.log {
             let inside = next
-                .get(&applied.partition)
+                .get(&*applied.partition)
                 .is_some_and(|n| applied.offset < *n);
             if !inside {
                 break;
             }
             prefix.last_seq = applied.seq;
             for (k, v) in &applied.changes {
-                prefix.changes.insert(k.clone(), v.clone());
-                prefix.sources.insert(
-                    k.clone(),
-                    format!("{}@{}", applied.partition, applied.offset),
-                );
+                last.insert(k.as_slice(), (v, applied));
             }
+        }
+        prefix.sources.reserve(last.len());
+        for (k, (v, applied)) in last {
+            prefix.changes.insert(k.to_vec(), v.clone());
+            prefix.sources.insert(
+                k.to_vec(),
+                format!("{}@{}", applied.partition, applied.offset),
+            );
         }
         prefix
     }
@@ -317,9 +339,9 @@ mod tests {
     #[test]
     fn a_batch_is_the_prefix_before_its_offsets_and_later_entries_stay() {
         let mut pending = Pending::default();
-        pending.apply("a/0".into(), 5, change("k", Some("1")));
-        pending.apply("b/0".into(), 9, change("k", Some("2")));
-        pending.apply("a/0".into(), 6, change("j", Some("3")));
+        pending.apply("a", 0, 5, change("k", Some("1")));
+        pending.apply("b", 0, 9, change("k", Some("2")));
+        pending.apply("a", 0, 6, change("j", Some("3")));
         // The batch covers a/0 up to 6 (exclusive) and b/0 up to 10.
         let next = [("a/0".to_owned(), 6), ("b/0".to_owned(), 10)].into();
         let prefix = pending.prefix(&next);
@@ -356,7 +378,7 @@ mod tests {
         let mut earlier = BTreeMap::new();
         earlier.insert(entry_key("t", "b"), None);
         earlier.insert(entry_key("t", "b1"), Some(b"10".to_vec()));
-        pending.apply("in/0".into(), 1, earlier);
+        pending.apply("in", 0, 1, earlier);
         let mut state = State::new(&store, &pending);
         state.delete(&T, "c").unwrap();
         state.put(&T, "bb", &20).unwrap();
@@ -384,8 +406,8 @@ mod tests {
     #[test]
     fn a_key_changed_again_after_the_batch_keeps_its_newer_pending_value() {
         let mut pending = Pending::default();
-        pending.apply("a/0".into(), 1, change("k", Some("old")));
-        pending.apply("a/0".into(), 2, change("k", None));
+        pending.apply("a", 0, 1, change("k", Some("old")));
+        pending.apply("a", 0, 2, change("k", None));
         let prefix = pending.prefix(&[("a/0".to_owned(), 2)].into());
         assert_eq!(prefix.changes[b"k".as_slice()], Some(b"old".to_vec()));
         pending.drain(prefix.last_seq);
@@ -467,7 +489,7 @@ mod model {
                         let name = format!("in/{input}");
                         let offset = next[input as usize];
                         next[input as usize] += 1;
-                        pending.apply(name.clone(), offset, changes);
+                        pending.apply("in", i32::from(input), offset, changes);
                         batch_next.insert(name, offset + 1);
                     }
                     Op::Commit => {

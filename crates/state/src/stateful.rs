@@ -652,11 +652,7 @@ impl<S: StatefulProcessor> Processor for Stateful<S> {
         let mut state = State::new(&task.store, &pending);
         let outputs = self.inner.process(&message, &mut state)?;
         let changes = state.into_changes();
-        pending.apply(
-            format!("{}/{}", message.topic, message.partition),
-            message.offset,
-            changes,
-        );
+        pending.apply(&message.topic, message.partition, message.offset, changes);
         Ok(outputs)
     }
 

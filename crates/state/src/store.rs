@@ -4,8 +4,12 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
 
-use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::{
+    Database, ReadOnlyTable, ReadableDatabase, ReadableTable, ReadableTableMetadata,
+    TableDefinition,
+};
 
 use crate::StateError;
 
@@ -52,11 +56,19 @@ pub struct Checkpoint {
     pub changelog_position: i64,
 }
 
+/// The entries table as a read transaction sees it.
+type Snapshot = ReadOnlyTable<&'static [u8], &'static [u8]>;
+
 /// One partition's store.
 #[derive(Debug)]
 pub struct Store {
     db: Database,
     path: PathBuf,
+    /// The entries as of the last write, kept open between writes: a processor reads
+    /// committed state for most of its messages, and a read transaction per read cost more
+    /// than the read. Dropped by every write, so that no read sees an older snapshot than
+    /// the last commit.
+    snapshot: Mutex<Option<Snapshot>>,
 }
 
 fn now_ms() -> i64 {
@@ -87,7 +99,23 @@ impl Store {
         Ok(Store {
             db,
             path: path.to_owned(),
+            snapshot: Mutex::new(None),
         })
+    }
+
+    /// The open snapshot of the entries (opened now if a write dropped it).
+    fn snapshot(&self) -> Result<MutexGuard<'_, Option<Snapshot>>, StateError> {
+        let mut snapshot = self.snapshot.lock().unwrap_or_else(|e| e.into_inner());
+        if snapshot.is_none() {
+            let txn = self.db.begin_read().map_err(storage)?;
+            *snapshot = Some(txn.open_table(ENTRIES).map_err(storage)?);
+        }
+        Ok(snapshot)
+    }
+
+    /// Forgets the open snapshot: a write transaction is about to change the entries.
+    fn drop_snapshot(&self) {
+        *self.snapshot.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
 
     /// Where the store lives.
@@ -97,8 +125,10 @@ impl Store {
 
     /// The committed value of `key` in `table`.
     pub fn get(&self, table: &str, key: &str) -> Result<Option<Vec<u8>>, StateError> {
-        let txn = self.db.begin_read().map_err(storage)?;
-        let entries = txn.open_table(ENTRIES).map_err(storage)?;
+        let snapshot = self.snapshot()?;
+        let Some(entries) = snapshot.as_ref() else {
+            return Err(StateError::Storage("no snapshot".to_owned()));
+        };
         let value = entries
             .get(entry_key(table, key).as_slice())
             .map_err(storage)?
@@ -133,8 +163,10 @@ impl Store {
         to: &str,
         limit: usize,
     ) -> Result<Vec<(String, Vec<u8>)>, StateError> {
-        let txn = self.db.begin_read().map_err(storage)?;
-        let entries = txn.open_table(ENTRIES).map_err(storage)?;
+        let snapshot = self.snapshot()?;
+        let Some(entries) = snapshot.as_ref() else {
+            return Err(StateError::Storage("no snapshot".to_owned()));
+        };
         let (low, high) = (entry_key(table, from), entry_key(table, to));
         let mut out = Vec::new();
         if low >= high {
@@ -207,8 +239,9 @@ impl Store {
             meta.remove(RESEED).map_err(storage)?;
             meta.remove(RESEED_FROM).map_err(storage)?;
         }
-        txn.commit().map_err(storage)?;
-        Ok(())
+        let committed = txn.commit().map_err(storage);
+        self.drop_snapshot();
+        committed
     }
 
     /// The id of a re-seed begun and not finished, and the changelog's end when it began.
@@ -245,7 +278,9 @@ impl Store {
         // Reads never meet a missing table (see `open`).
         txn.open_table(ENTRIES).map_err(storage)?;
         txn.open_table(META).map_err(storage)?;
-        txn.commit().map_err(storage)
+        let committed = txn.commit().map_err(storage);
+        self.drop_snapshot();
+        committed
     }
 
     fn meta(&self, key: &str) -> Result<Option<i64>, StateError> {
@@ -309,6 +344,25 @@ mod tests {
         let k = entry_key("price", "p:1");
         assert_eq!(split_entry_key(&k), Some(("price", "p:1")));
         assert_eq!(split_entry_key(b"\0offsets"), None);
+    }
+
+    #[test]
+    fn a_read_after_a_commit_sees_it_though_the_snapshot_stays_open_between_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("p0.redb")).unwrap();
+        let put = |v: &[u8]| {
+            let mut changes = BTreeMap::new();
+            changes.insert(entry_key("t", "a"), Some(v.to_vec()));
+            store.commit(&changes, &Checkpoint::default()).unwrap();
+        };
+        assert_eq!(store.get("t", "a").unwrap(), None);
+        put(b"1");
+        assert_eq!(store.get("t", "a").unwrap(), Some(b"1".to_vec()));
+        assert_eq!(store.range("t", "a", "b", 10).unwrap().len(), 1);
+        put(b"2");
+        assert_eq!(store.get("t", "a").unwrap(), Some(b"2".to_vec()));
+        store.wipe().unwrap();
+        assert_eq!(store.get("t", "a").unwrap(), None);
     }
 
     #[test]

@@ -9,6 +9,8 @@
 //! time it saw); a window closes when its dimension's stream time passes its end plus the
 //! grace period, and is forgotten after the retention.
 
+use std::collections::BTreeMap;
+
 use chrono::Utc;
 use metrics::counter;
 use serde::{Deserialize, Serialize};
@@ -32,6 +34,11 @@ pub const BRANDS: Table<String> = Table::new("brand");
 pub const HELD: Table<Held> = Table::new("held");
 /// Bookkeeping: stream times, held count, repartition high-water marks.
 pub const META: Table<i64> = Table::new("meta");
+/// The latest event time each activity partition sent through the repartition topic
+/// (`d|topic/partition` → ms), under [`SOURCES`]: the brand windows' clock.
+pub const WATERMARKS: Table<BTreeMap<String, i64>> = Table::new("watermark");
+/// The one key of [`WATERMARKS`].
+pub const SOURCES: &str = "brand.sources";
 
 /// How many windows one message closes or forgets at most (the rest go with the next ones).
 const CLOSE_PER_MESSAGE: usize = 5_000;
@@ -75,6 +82,10 @@ pub struct Settings {
     pub output: String,
     /// How late an event may be for its window, ms.
     pub grace_ms: i64,
+    /// How far the brand clock may trail the most advanced source partition, ms.
+    pub max_skew_ms: i64,
+    /// Partitions of the activity topic: the sources of the brand clock.
+    pub activity_partitions: i32,
     /// Interim values of one window are published at most this often, ms.
     pub interim_ms: i64,
     /// How long a closed window stays queryable, ms after its end.
@@ -89,12 +100,15 @@ pub struct Settings {
 #[derive(Debug)]
 pub struct Aggregator {
     settings: Settings,
+    /// How the origin of a record sent straight from the activity topic starts.
+    direct: String,
 }
 
 impl Aggregator {
     /// An aggregator with `settings`.
     pub fn new(settings: Settings) -> Aggregator {
-        Aggregator { settings }
+        let direct = format!("d|{}/", settings.activity);
+        Aggregator { settings, direct }
     }
 }
 
@@ -103,6 +117,14 @@ pub fn stream_time_key(dim: Dimension) -> &'static str {
     match dim {
         Dimension::Product => "stream_time.product",
         Dimension::Brand => "stream_time.brand",
+    }
+}
+
+/// The key in [`META`] of the stream time `dim`'s sweeps last ran to the end for.
+fn swept_key(dim: Dimension) -> &'static str {
+    match dim {
+        Dimension::Product => "swept.product",
+        Dimension::Brand => "swept.brand",
     }
 }
 
@@ -130,6 +152,20 @@ pub fn cursor_or_start(cursor: Option<String>, dim: Dimension, size: WindowSize)
 }
 
 const HELD_COUNT: &str = "held";
+
+/// The brand clock of `marks`, the latest event time of each of `sources` activity
+/// partitions that sent any (see [`Aggregator::brand_clock`]): a partition not heard
+/// from yet holds it back like one behind; `i64::MIN` before any.
+pub fn brand_clock(marks: &BTreeMap<String, i64>, sources: usize, max_skew_ms: i64) -> i64 {
+    let Some(fastest) = marks.values().max() else {
+        return i64::MIN;
+    };
+    let slowest = match marks.values().min() {
+        Some(slowest) if marks.len() >= sources => *slowest,
+        _ => i64::MIN,
+    };
+    slowest.max(fastest.saturating_sub(max_skew_ms))
+}
 
 /// Where a repartition record came from, for de-duplication: the activity record itself
 /// (`d|topic/partition@offset`), or the product record that released it from the hold
@@ -197,7 +233,10 @@ impl Aggregator {
     }
 
     /// Counts `activity` at `time_ms` in `dim`/`id`'s windows, refusing it when it is late
-    /// for its smallest window; publishes what the rate limit allows.
+    /// for its smallest window by `clock` (the time windows close by); publishes what the
+    /// rate limit allows. Moves `dim`'s stream time (the latest event time, which bounds
+    /// the windows the API looks for), known to be `stream_time`.
+    #[allow(clippy::too_many_arguments)]
     fn count(
         &self,
         state: &mut State<'_>,
@@ -205,6 +244,7 @@ impl Aggregator {
         id: &str,
         activity: &Activity,
         time_ms: i64,
+        (clock, stream_time): (i64, i64),
         out: &mut Vec<WindowOut>,
     ) -> Result<(), ProcessError> {
         if !(0..MAX_EVENT_TIME_MS).contains(&time_ms) {
@@ -212,7 +252,6 @@ impl Aggregator {
                 "event time {time_ms} ms is outside the windows' range (1970 to 2286)"
             )));
         }
-        let stream_time = Self::meta(state, stream_time_key(dim))?.unwrap_or(i64::MIN);
         let minute_start = start_of(WindowSize::Minute, time_ms);
         let minute_end = minute_start + size_ms(WindowSize::Minute);
         // Closed also when the close sweep passed it under an earlier, shorter grace period
@@ -222,16 +261,20 @@ impl Aggregator {
             dim,
             WindowSize::Minute,
         );
-        if minute_end.saturating_add(self.settings.grace_ms) <= stream_time
+        if minute_end.saturating_add(self.settings.grace_ms) <= clock
             || state_key(dim, id, WindowSize::Minute, minute_start) < swept
         {
             counter!(names::LATE, "dim" => dim.as_str()).increment(1);
+            let clock_name = match dim {
+                Dimension::Product => "stream time",
+                Dimension::Brand => "brand watermark",
+            };
             return Err(ProcessError::Permanent(format!(
-                "late: event time {} is past the grace period ({} ms) of its 1m window for {} {id}, closed at stream time {}",
+                "late: event time {} is past the grace period ({} ms) of its 1m window for {} {id}, closed at {clock_name} {}",
                 window::millis(time_ms).to_rfc3339(),
                 self.settings.grace_ms,
                 dim.as_str(),
-                window::millis(stream_time).to_rfc3339(),
+                window::millis(clock).to_rfc3339(),
             )));
         }
         let now = Utc::now().timestamp_millis();
@@ -266,27 +309,29 @@ impl Aggregator {
         &self,
         state: &mut State<'_>,
         dim: Dimension,
+        clock: i64,
         out: &mut Vec<WindowOut>,
     ) -> Result<(), ProcessError> {
-        let Some(stream_time) = Self::meta(state, stream_time_key(dim))? else {
+        if clock == i64::MIN {
             return Ok(());
-        };
+        }
+        let stream_time = clock;
+        // The sweeps' bounds move only when stream time crosses a window start: until then
+        // every due window was swept (a window created behind a cursor is late, refused).
+        let swept_key = swept_key(dim);
+        if let Some(swept) = Self::meta(state, swept_key)? {
+            if self.sweep_ends(swept) == self.sweep_ends(stream_time) {
+                return Ok(());
+            }
+        }
         let mut budget = CLOSE_PER_MESSAGE;
-        for size in SIZES {
-            let closable = stream_time
-                .saturating_sub(self.settings.grace_ms)
-                .saturating_sub(size_ms(size));
-            // Never forget a window before its final value was published.
-            let purgeable = stream_time
-                .saturating_sub(self.settings.retention_ms.max(self.settings.grace_ms))
-                .saturating_sub(size_ms(size));
-            for (sweep, bound) in [(Sweep::Close, closable), (Sweep::Purge, purgeable)] {
+        for (size, sweep, end) in self.sweep_ends(stream_time) {
+            {
+                let upper = start_prefix(dim, size, end);
                 if budget == 0 {
+                    // The rest go with the next messages.
                     return Ok(());
                 }
-                // Windows starting at or before `bound` are due: every key below the next
-                // start's prefix.
-                let upper = start_prefix(dim, size, start_of(size, bound) + size_ms(size));
                 let cursor_key = cursor_key(sweep, dim, size);
                 let cursor = cursor_or_start(state.get(&CURSORS, &cursor_key)?, dim, size);
                 if cursor >= upper {
@@ -318,7 +363,38 @@ impl Aggregator {
                 state.put(&CURSORS, &cursor_key, &next)?;
             }
         }
+        if budget > 0 {
+            state.put(&META, swept_key, &stream_time)?;
+        }
         Ok(())
+    }
+
+    /// For each size and sweep, where the sweep ends at `stream_time`: windows starting at
+    /// or before the sweep's bound are due, so every window starting before the returned
+    /// start.
+    fn sweep_ends(&self, stream_time: i64) -> [(WindowSize, Sweep, i64); 4] {
+        let end = |size: WindowSize, sweep: Sweep| {
+            let after = match sweep {
+                Sweep::Close => self.settings.grace_ms,
+                // Never forget a window before its final value was published.
+                Sweep::Purge => self.settings.retention_ms.max(self.settings.grace_ms),
+            };
+            let bound = stream_time
+                .saturating_sub(after)
+                .saturating_sub(size_ms(size));
+            (
+                size,
+                sweep,
+                start_of(size, bound).saturating_add(size_ms(size)),
+            )
+        };
+        let [minute, hour] = SIZES;
+        [
+            end(minute, Sweep::Close),
+            end(minute, Sweep::Purge),
+            end(hour, Sweep::Close),
+            end(hour, Sweep::Purge),
+        ]
     }
 
     /// A repartition record for the brand windows.
@@ -349,12 +425,17 @@ impl Aggregator {
         let time = event_time(message, activity);
         let time_ms = time.timestamp_millis();
         let mut windows = Vec::new();
+        // A product's windows live with its partition: that partition's stream time is
+        // their clock.
+        let stream_time =
+            Self::meta(state, stream_time_key(Dimension::Product))?.unwrap_or(i64::MIN);
         self.count(
             state,
             Dimension::Product,
             &activity.product_id,
             activity,
             time_ms,
+            (stream_time, stream_time),
             &mut windows,
         )?;
         let mut outputs = Vec::new();
@@ -392,7 +473,12 @@ impl Aggregator {
                 counter!(names::HELD).increment(1);
             }
         }
-        self.close_due(state, Dimension::Product, &mut windows)?;
+        self.close_due(
+            state,
+            Dimension::Product,
+            stream_time.max(time_ms),
+            &mut windows,
+        )?;
         outputs.extend(self.publish(message, outputs.len() as u32, windows));
         Ok(outputs)
     }
@@ -437,7 +523,8 @@ impl Aggregator {
         state: &mut State<'_>,
     ) -> Result<Vec<Output>, ProcessError> {
         let brand = envelope.key.as_str();
-        if let Some(origin) = Origin::decode(&envelope.source) {
+        let origin = Origin::decode(&envelope.source);
+        if let Some(origin) = &origin {
             let seen_key = format!("seen|{}", origin.stream);
             let seen = Self::meta(state, &seen_key)?.unwrap_or(-1);
             if origin.position() <= seen {
@@ -447,6 +534,8 @@ impl Aggregator {
             state.put(&META, &seen_key, &origin.position())?;
         }
         let time_ms = event_time(message, activity).timestamp_millis();
+        let clock = self.brand_clock(state, origin.as_ref(), time_ms)?;
+        let stream_time = Self::meta(state, stream_time_key(Dimension::Brand))?.unwrap_or(i64::MIN);
         let mut windows = Vec::new();
         self.count(
             state,
@@ -454,10 +543,36 @@ impl Aggregator {
             brand,
             activity,
             time_ms,
+            (clock, stream_time),
             &mut windows,
         )?;
-        self.close_due(state, Dimension::Brand, &mut windows)?;
+        self.close_due(state, Dimension::Brand, clock, &mut windows)?;
         Ok(self.publish(message, 0, windows))
+    }
+
+    /// The brand windows' clock after a record from `origin` at `time_ms`: the slowest
+    /// activity partition's latest event time, or the fastest one's less the allowed
+    /// skew when that is later. Each activity partition checks its events against its
+    /// own stream time, and its records reach this task in order, so an event it counted
+    /// is never behind a clock that its own partition holds back: it is not late here,
+    /// however far ahead other partitions were read. Released events (their product came
+    /// later) do not move the clock; they are judged by it.
+    fn brand_clock(
+        &self,
+        state: &mut State<'_>,
+        origin: Option<&Origin>,
+        time_ms: i64,
+    ) -> Result<i64, ProcessError> {
+        let mut marks = state.get(&WATERMARKS, SOURCES)?.unwrap_or_default();
+        if let Some(origin) = origin.filter(|o| o.stream.starts_with(&self.direct)) {
+            let mark = marks.entry(origin.stream.clone()).or_insert(i64::MIN);
+            if time_ms > *mark && (0..MAX_EVENT_TIME_MS).contains(&time_ms) {
+                *mark = time_ms;
+                state.put(&WATERMARKS, SOURCES, &marks)?;
+            }
+        }
+        let sources = usize::try_from(self.settings.activity_partitions).unwrap_or(1);
+        Ok(brand_clock(&marks, sources, self.settings.max_skew_ms))
     }
 
     /// The records of window values, with ids derived from the input.
@@ -469,10 +584,12 @@ impl Aggregator {
     ) -> Vec<Output> {
         let mut outputs = Vec::new();
         let mut index = first_index;
+        // Counted per message, not per row: a labelled counter is looked up on every use.
+        let mut published = [[0u64; 2]; 2];
         for w in windows {
-            let final_ = if w.window.is_final { "true" } else { "false" };
             for (suffix, row) in w.window.rows(w.dim, &w.id, w.size, w.start) {
-                counter!(names::PUBLISHED, "dim" => w.dim.as_str(), "final" => final_).increment(1);
+                published[usize::from(w.dim == Dimension::Brand)]
+                    [usize::from(w.window.is_final)] += 1;
                 let at = row.end;
                 let mut envelope = Envelope::new(crate::NAME, Event::WindowAggregated(row))
                     .at(at)
@@ -483,6 +600,14 @@ impl Aggregator {
                     window::topic_key(w.dim, &w.id, w.size, w.start)
                 );
                 outputs.push(Output::event(&self.settings.output, envelope));
+            }
+        }
+        for (dim, counts) in [Dimension::Product, Dimension::Brand].iter().zip(published) {
+            for (final_, count) in ["false", "true"].iter().zip(counts) {
+                if count > 0 {
+                    counter!(names::PUBLISHED, "dim" => dim.as_str(), "final" => *final_)
+                        .increment(count);
+                }
             }
         }
         outputs
@@ -538,6 +663,26 @@ impl StatefulProcessor for Aggregator {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_brand_clock_is_the_slowest_source_within_the_skew_of_the_fastest() {
+        let marks = |m: &[(&str, i64)]| -> BTreeMap<String, i64> {
+            m.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect()
+        };
+        assert_eq!(brand_clock(&marks(&[]), 2, 100), i64::MIN);
+        // One of two sources heard: the other may still send anything down to the skew.
+        assert_eq!(brand_clock(&marks(&[("d|a/0", 1_000)]), 2, 100), 900);
+        // Both heard: the slower holds the clock ...
+        assert_eq!(
+            brand_clock(&marks(&[("d|a/0", 1_000), ("d|a/1", 950)]), 2, 100),
+            950
+        );
+        // ... unless it trails by more than the skew.
+        assert_eq!(
+            brand_clock(&marks(&[("d|a/0", 1_000), ("d|a/1", 10)]), 2, 100),
+            900
+        );
+    }
 
     #[test]
     fn origins_round_trip_and_order_by_offset_then_index() {

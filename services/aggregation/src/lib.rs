@@ -65,6 +65,13 @@ pub struct AggregationConfig {
     /// How late (event time behind the latest seen) an event may arrive for its window, ms.
     #[arg(long, env = "AGGREGATION_GRACE_MS", default_value_t = 300_000)]
     pub grace_ms: u64,
+    /// How far the brand windows' clock may trail the most advanced activity partition,
+    /// ms. Brand windows are judged by the slowest activity partition's event time (an
+    /// event on time for its product is on time for its brand, however unevenly the
+    /// partitions are read); a partition further behind than this, or gone quiet, stops
+    /// holding the clock back, so brand windows still close.
+    #[arg(long, env = "AGGREGATION_MAX_SKEW_MS", default_value_t = 900_000)]
+    pub max_skew_ms: u64,
     /// Interim values of one window are published at most this often, ms.
     #[arg(long, env = "AGGREGATION_INTERIM_MS", default_value_t = 1_000)]
     pub interim_ms: u64,
@@ -75,8 +82,10 @@ pub struct AggregationConfig {
     /// dead-lettered.
     #[arg(long, env = "AGGREGATION_MAX_HELD", default_value_t = 100_000)]
     pub max_held: u64,
-    /// Messages per state commit (per partition), at most.
-    #[arg(long, env = "STATE_BATCH_MESSAGES", default_value_t = 1000)]
+    /// Messages per state commit (per partition), at most. Under a backlog a larger batch
+    /// writes a busy window once per commit rather than once per 1,000 messages; at light
+    /// load `STATE_BATCH_MS` ends batches first.
+    #[arg(long, env = "STATE_BATCH_MESSAGES", default_value_t = 10_000)]
     pub batch_messages: usize,
     /// Milliseconds a state commit waits for more messages, at most.
     #[arg(long, env = "STATE_BATCH_MS", default_value_t = 100)]
@@ -94,10 +103,11 @@ impl AggregationConfig {
             repartition_topic: REPARTITION_TOPIC.to_owned(),
             output_topic: topics::AGGREGATES.to_owned(),
             grace_ms: 300_000,
+            max_skew_ms: 900_000,
             interim_ms: 1_000,
             retention_ms: 86_400_000,
             max_held: 100_000,
-            batch_messages: 1000,
+            batch_messages: 10_000,
             batch_ms: 100,
         }
     }
@@ -174,6 +184,8 @@ pub async fn start(config: AggregationConfig, shutdown: Shutdown) -> anyhow::Res
         repartition: config.repartition_topic.clone(),
         output: config.output_topic.clone(),
         grace_ms: ms(config.grace_ms),
+        max_skew_ms: ms(config.max_skew_ms),
+        activity_partitions: partitions,
         interim_ms: ms(config.interim_ms),
         retention_ms: ms(config.retention_ms),
         max_held: ms(config.max_held),

@@ -296,3 +296,104 @@ async fn out_of_order_events_inside_a_window_give_the_in_order_result() {
     shutdown.trigger();
     running.wait().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn brand_windows_wait_for_the_slowest_partition_within_the_skew() {
+    const PARTITIONS: i32 = 2;
+    let broker = TestBroker::shared();
+    let topics = Topics::create(broker, "agg-skew", PARTITIONS).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(broker, &topics, dir.path());
+    // A one-second grace period (common config), and partitions may drift 30 minutes apart.
+    config.max_skew_ms = 1_800_000;
+    let shutdown = Shutdown::new();
+    let running = aggregation::start(config, shutdown.clone()).await.unwrap();
+    let api = running.api_addr;
+    let on = |partition: i32| {
+        (0..)
+            .map(|i| format!("p-{i}"))
+            .find(|id| aggregation::api::partition_of(id, PARTITIONS) == partition)
+            .unwrap()
+    };
+    let (fast, slow) = (on(0), on(1));
+    broker
+        .produce_envelopes(
+            &topics.products,
+            &[product(&fast, "b-skew"), product(&slow, "b-skew")],
+        )
+        .await
+        .unwrap();
+    let base = at("2026-11-23T10:00:00Z");
+    let views = |id: &str, offset_s: i64, n: i64| -> Vec<Envelope> {
+        (0..n)
+            .map(|i| {
+                let time = base + chrono::Duration::seconds(offset_s + i * 30);
+                activity(ActivityKind::ProductViewed, id, time, 1, 0)
+            })
+            .collect()
+    };
+    let total = |w: &Windows| w.values().map(|t| t.views).sum::<u64>();
+    // One view each, waited for: both products' brands are known from here on (activity
+    // before its product is held and released later, which would not test the clock).
+    let first = [views(&fast, 0, 1), views(&slow, 0, 1)].concat();
+    broker
+        .produce_envelopes(&topics.activity, &first)
+        .await
+        .unwrap();
+    eventually("both products' brands known", WAIT, || async {
+        total(&windows(api, "brand", "b-skew", "1m").await) == 2
+    })
+    .await;
+
+    // The fast partition is read 20 minutes of event time ahead of the slow one, as when a
+    // backlog is read unevenly; its events reach the brand windows first.
+    let ahead = views(&fast, 0, 40);
+    broker
+        .produce_envelopes(&topics.activity, &ahead)
+        .await
+        .unwrap();
+    eventually("the fast partition's events in the brand", WAIT, || async {
+        total(&windows(api, "brand", "b-skew", "1m").await) == 42
+    })
+    .await;
+    // The slow partition's events of the same 20 minutes: on time for their products
+    // (that partition's stream time), so on time for their brand, though 20 minutes
+    // behind what the brand saw.
+    let behind = views(&slow, 15, 40);
+    broker
+        .produce_envelopes(&topics.activity, &behind)
+        .await
+        .unwrap();
+    let all: Vec<&Envelope> = first.iter().chain(&ahead).chain(&behind).collect();
+    let want = reference(all.iter().copied(), 60);
+    eventually("every event in the brand's windows", WAIT, || async {
+        windows(api, "brand", "b-skew", "1m").await == want
+    })
+    .await;
+
+    // The slow partition goes quiet; the fast one moves to 11:00. The clock trails it by
+    // the skew (10:30), so the brand's windows of 10:00-10:20 close all the same.
+    broker
+        .produce_envelopes(&topics.activity, &views(&fast, 3600, 1))
+        .await
+        .unwrap();
+    eventually("the brand's windows final", WAIT, || async {
+        let (status, body) =
+            get(api, "dim=brand&id=b-skew&window=1m&to=2026-11-23T10:30:00Z").await;
+        status == 200
+            && body["windows"]
+                .as_array()
+                .is_some_and(|ws| ws.len() == want.len() && ws.iter().all(|w| w["final"] == true))
+    })
+    .await;
+    // Nothing was late.
+    assert!(
+        broker
+            .consume_count(&[&topics.dlq()], 1, Duration::from_secs(2))
+            .await
+            .is_err(),
+        "a dead letter"
+    );
+    shutdown.trigger();
+    running.wait().await.unwrap();
+}

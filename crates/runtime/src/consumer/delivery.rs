@@ -144,6 +144,18 @@ enum Progress {
     Received(Option<Item>),
 }
 
+/// Counts a record acknowledged on `topic` in `sent`.
+fn count_sent(sent: &mut Vec<(String, metrics::Counter)>, topic: &str) {
+    match sent.iter().find(|(t, _)| t == topic) {
+        Some((_, c)) => c.increment(1),
+        None => {
+            let c = counter!(names::MESSAGES_OUT, "topic" => topic.to_owned());
+            c.increment(1);
+            sent.push((topic.to_owned(), c));
+        }
+    }
+}
+
 struct Pipeline<'a, P> {
     shared: &'a Shared<P>,
     owner: Owner,
@@ -152,6 +164,9 @@ struct Pipeline<'a, P> {
     batch: Vec<(Arc<Partition>, i64)>,
     /// Consecutive rounds of retriable failures.
     failures: u32,
+    /// `messages_out` per topic, registered once (a labelled lookup per record showed in
+    /// profiles).
+    sent: Vec<(String, metrics::Counter)>,
 }
 
 impl<'a, P: Processor> Pipeline<'a, P> {
@@ -162,6 +177,7 @@ impl<'a, P: Processor> Pipeline<'a, P> {
             queue: VecDeque::new(),
             batch: Vec::new(),
             failures: 0,
+            sent: Vec::new(),
         }
     }
 
@@ -278,11 +294,10 @@ impl<'a, P: Processor> Pipeline<'a, P> {
                         result = delivery => result,
                         item = received => return Ok(Progress::Received(item)),
                     };
-                    let rec = &mut recs[index];
                     match result {
                         Ok(Ok(_)) => {
-                            counter!(names::MESSAGES_OUT, "topic" => rec.record.topic.clone())
-                                .increment(1);
+                            count_sent(&mut self.sent, &recs[index].record.topic);
+                            let rec = &mut recs[index];
                             rec.slot = Slot::Acked;
                             if self.failures > 0 {
                                 self.failures = 0;
@@ -291,8 +306,8 @@ impl<'a, P: Processor> Pipeline<'a, P> {
                             }
                             return Ok(Progress::Moved);
                         }
-                        Ok(Err((error, _))) => rec.slot = Slot::Failed(error),
-                        Err(_) => rec.slot = Slot::Failed(KafkaError::Canceled),
+                        Ok(Err((error, _))) => recs[index].slot = Slot::Failed(error),
+                        Err(_) => recs[index].slot = Slot::Failed(KafkaError::Canceled),
                     }
                 }
                 index
