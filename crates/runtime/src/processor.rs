@@ -257,6 +257,21 @@ pub trait Processor: Send + Sync + 'static {
         async { Ok(()) }
     }
 
+    /// Outputs that summarise a batching task's work rather than answer one message (a
+    /// window's latest value, published once per flush however many messages changed it).
+    /// Called with the task's partitions when one of its batches ends by size or time, and
+    /// every [`flush_every`](Self::flush_every) while the task is idle. The records are
+    /// published before the batch's commit. A panic is logged and publishes nothing.
+    fn flush(&self, _partitions: &[PartitionId]) -> impl Future<Output = Vec<Output>> + Send {
+        async { Vec::new() }
+    }
+
+    /// How often an idle batching task calls [`flush`](Self::flush); `None` (the default)
+    /// never flushes.
+    fn flush_every(&self) -> Option<Duration> {
+        None
+    }
+
     /// Called about once a second, for time-driven work such as closing windows. Its
     /// outputs are published in order; on shutdown the tick in progress finishes first.
     fn on_tick(&self) -> impl Future<Output = Vec<Output>> + Send {

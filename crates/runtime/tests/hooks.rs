@@ -1,7 +1,8 @@
 //! The processor's hooks: an async assignment hook that runs before a partition's first
 //! message (however long it takes) and may say where to start; batches committed through
-//! `commit_batch` after their outputs; ticks whose outputs survive a shutdown and whose
-//! panics do not stop them; and a stop that says when it was not clean.
+//! `commit_batch` after their outputs; flushes at batch ends and while idle; ticks whose
+//! outputs survive a shutdown and whose panics do not stop them; and a stop that says when
+//! it was not clean.
 
 mod common;
 
@@ -330,4 +331,104 @@ async fn a_stop_that_misses_its_deadline_says_so() {
         committed.get(&0).copied().unwrap_or(0) <= recorder.count() as i64,
         "nothing unfinished was committed: {committed:?}"
     );
+}
+
+/// Flushes: counts messages per partition, and each flush publishes one record per
+/// partition that had messages since the last flush; the first flush panics.
+#[derive(Clone, Default)]
+struct Flushing {
+    unflushed: Arc<Mutex<BTreeMap<i32, u64>>>,
+    flushes: Arc<Mutex<Vec<Vec<i32>>>>,
+    topic: String,
+}
+
+impl Processor for Flushing {
+    async fn process(&self, message: Incoming) -> Result<Vec<Output>, ProcessError> {
+        *self
+            .unflushed
+            .lock()
+            .unwrap()
+            .entry(message.partition)
+            .or_default() += 1;
+        Ok(vec![])
+    }
+    fn batching(&self) -> Option<Batching> {
+        Some(Batching {
+            max_messages: 25,
+            max_wait: Duration::from_millis(50),
+        })
+    }
+    fn flush_every(&self) -> Option<Duration> {
+        Some(Duration::from_millis(100))
+    }
+    async fn flush(&self, partitions: &[PartitionId]) -> Vec<Output> {
+        let first = {
+            let mut flushes = self.flushes.lock().unwrap();
+            flushes.push(partitions.iter().map(|p| p.partition).collect());
+            flushes.len() == 1
+        };
+        if first {
+            panic!("flush bug");
+        }
+        let mut unflushed = self.unflushed.lock().unwrap();
+        partitions
+            .iter()
+            .filter_map(|p| unflushed.remove(&p.partition).map(|n| (p.partition, n)))
+            .map(|(p, n)| Output::event(self.topic.clone(), stock(&format!("flush-{p}"), n)))
+            .collect()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_idle_task_flushes_and_a_flush_publishes_what_its_batches_changed() {
+    let broker = TestBroker::shared();
+    let topic = broker.create_topic("rt-flush", 2).await.unwrap();
+    let out = broker.create_topic("rt-flush-out", 1).await.unwrap();
+    let group = unique_group("rt-flush-group");
+    let processor = Flushing {
+        topic: out.clone(),
+        ..Flushing::default()
+    };
+    let (running, shutdown) = start(config(broker, &group), &[&topic], processor.clone()).await;
+    // Before any input, each task is flushed while idle (the first flush panics, and the
+    // service goes on).
+    eventually(
+        "idle flushes of both partitions",
+        Duration::from_secs(30),
+        || {
+            let flushes = processor.flushes.lock().unwrap();
+            [0, 1]
+                .iter()
+                .all(|p| flushes.iter().filter(|f| f == &&vec![*p]).count() >= 2)
+        },
+    )
+    .await;
+    let envelopes: Vec<_> = (0..200).map(|i| stock(&format!("p-{i}"), i)).collect();
+    broker.produce_envelopes(&topic, &envelopes).await.unwrap();
+    // Every message is counted by exactly one flush record of its partition.
+    let records = broker
+        .consume_until(&[&out], Duration::from_secs(60), |records| {
+            records
+                .iter()
+                .filter_map(|r| r.envelope().ok())
+                .map(|e| match e.event {
+                    tributary_events::Event::StockChanged(s) => s.quantity,
+                    _ => 0,
+                })
+                .sum::<u64>()
+                >= 200
+        })
+        .await
+        .unwrap();
+    let flushed: u64 = records
+        .iter()
+        .filter_map(|r| r.envelope().ok())
+        .map(|e| match e.event {
+            tributary_events::Event::StockChanged(s) => s.quantity,
+            _ => 0,
+        })
+        .sum();
+    assert_eq!(flushed, 200);
+    shutdown.trigger();
+    running.wait().await.unwrap();
 }

@@ -56,6 +56,21 @@ pub fn output_id(message: &Incoming, index: u32) -> Ulid {
     Ulid::from_parts(millis, u128::from_be_bytes(random))
 }
 
+/// An id derived from what an output is rather than from an input (a flushed window
+/// value: `parts` name it and its content): publishing the same value again gives the same
+/// id, so a consumer that drops duplicate ids drops it. Its time part is `millis`.
+pub fn value_id(millis: i64, parts: &[&[u8]]) -> Ulid {
+    let mut hash = Sha256::new();
+    for part in parts {
+        hash.update((part.len() as u64).to_be_bytes());
+        hash.update(part);
+    }
+    let digest = hash.finalize();
+    let mut random = [0u8; 16];
+    random[6..].copy_from_slice(&digest[..10]);
+    Ulid::from_parts(millis.max(0) as u64, u128::from_be_bytes(random))
+}
+
 /// Metric names of the state store.
 pub mod names {
     /// Changelog records read by restores.

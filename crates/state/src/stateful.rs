@@ -51,6 +51,20 @@ pub trait StatefulProcessor: Send + Sync + 'static {
     fn batching(&self) -> Batching {
         Batching::default()
     }
+
+    /// Outputs that summarise the partition's recent work (see
+    /// [`Processor::flush`](tributary_runtime::Processor::flush)), read from its state
+    /// (committed, with the open batch's changes on top); `first` is true on the first
+    /// flush since the partition's state was opened on this instance (nothing remembered
+    /// in memory about it from before is current). Reads only: a flush writes no state.
+    fn flush(&self, _partition: i32, _state: &State<'_>, _first: bool) -> Vec<Output> {
+        Vec::new()
+    }
+
+    /// How often an idle partition is flushed; `None` (the default) never.
+    fn flush_every(&self) -> Option<std::time::Duration> {
+        None
+    }
 }
 
 /// Runs a [`StatefulProcessor`] with one store per partition number (its inputs are
@@ -104,6 +118,8 @@ struct Task {
     checkpoint: Mutex<Checkpoint>,
     /// Another instance may own the partitions now: write nothing more.
     fenced: Arc<std::sync::atomic::AtomicBool>,
+    /// Flushed at least once since it was opened.
+    flushed: std::sync::atomic::AtomicBool,
 }
 
 impl Task {
@@ -463,6 +479,7 @@ impl<S: StatefulProcessor> Stateful<S> {
             pending: Mutex::new(Pending::default()),
             checkpoint: Mutex::new(checkpoint),
             fenced,
+            flushed: std::sync::atomic::AtomicBool::new(false),
         });
         let mut reseeded = 0;
         if let Some(changelog_keys) = restored.ahead_of_changelog {
@@ -658,6 +675,25 @@ impl<S: StatefulProcessor> Processor for Stateful<S> {
 
     fn batching(&self) -> Option<Batching> {
         Some(self.inner.batching())
+    }
+
+    async fn flush(&self, partitions: &[PartitionId]) -> Vec<Output> {
+        // A task's partitions share one number (co-partitioned inputs).
+        let Some(number) = partitions.first().map(|p| p.partition) else {
+            return Vec::new();
+        };
+        // Not open (restoring, or revoked meanwhile): nothing to flush yet.
+        let Ok(task) = self.task(number) else {
+            return Vec::new();
+        };
+        let first = !task.flushed.swap(true, std::sync::atomic::Ordering::AcqRel);
+        let pending = lock(&task.pending);
+        let state = State::new(&task.store, &pending);
+        self.inner.flush(number, &state, first)
+    }
+
+    fn flush_every(&self) -> Option<Duration> {
+        self.inner.flush_every()
     }
 
     fn co_partitioned(&self) -> bool {

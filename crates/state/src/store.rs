@@ -62,13 +62,13 @@ type Snapshot = ReadOnlyTable<&'static [u8], &'static [u8]>;
 /// One partition's store.
 #[derive(Debug)]
 pub struct Store {
-    db: Database,
-    path: PathBuf,
     /// The entries as of the last write, kept open between writes: a processor reads
     /// committed state for most of its messages, and a read transaction per read cost more
     /// than the read. Dropped by every write, so that no read sees an older snapshot than
-    /// the last commit.
+    /// the last commit. Declared before `db` so that it is dropped first.
     snapshot: Mutex<Option<Snapshot>>,
+    db: Database,
+    path: PathBuf,
 }
 
 fn now_ms() -> i64 {
@@ -97,9 +97,9 @@ impl Store {
         txn.open_table(META).map_err(storage)?;
         txn.commit().map_err(storage)?;
         Ok(Store {
+            snapshot: Mutex::new(None),
             db,
             path: path.to_owned(),
-            snapshot: Mutex::new(None),
         })
     }
 

@@ -79,7 +79,13 @@ pub struct BrokerBin {
 pub fn find_broker() -> Result<BrokerBin> {
     static FOUND: OnceLock<std::result::Result<BrokerBin, String>> = OnceLock::new();
     FOUND
-        .get_or_init(|| locate().map_err(|e| e.to_string()))
+        // The reason alone is kept, so that the error is not wrapped twice.
+        .get_or_init(|| {
+            locate().map_err(|e| match e {
+                TestkitError::BrokerNotFound(reason) => reason,
+                other => other.to_string(),
+            })
+        })
         .clone()
         .map_err(TestkitError::BrokerNotFound)
 }

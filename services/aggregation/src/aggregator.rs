@@ -9,14 +9,16 @@
 //! time it saw); a window closes when its dimension's stream time passes its end plus the
 //! grace period, and is forgotten after the retention.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use metrics::counter;
 use serde::{Deserialize, Serialize};
 use tributary_events::{Activity, Dimension, Envelope, Event, WindowSize};
 use tributary_runtime::{Batching, Incoming, Output, ProcessError};
-use tributary_state::{State, StatefulProcessor, Table, output_id};
+use tributary_state::{State, StatefulProcessor, Table, output_id, value_id};
 
 use crate::window::{
     self, SIZES, WindowState, parse_state_key, size_ms, start_of, start_prefix, state_key,
@@ -102,13 +104,138 @@ pub struct Aggregator {
     settings: Settings,
     /// How the origin of a record sent straight from the activity topic starts.
     direct: String,
+    /// Per partition number: the windows changed since they were last flushed.
+    dirty: Mutex<HashMap<i32, Dirty>>,
 }
+
+/// What a partition's next flush publishes. Kept in memory: a partition opened on this
+/// instance (after a restart or a rebalance) starts by re-publishing every open window,
+/// so that a value changed but not flushed before a crash still reaches the topic.
+#[derive(Debug, Default)]
+struct Dirty {
+    /// Windows changed since their last flush, by state key.
+    keys: HashSet<String>,
+    /// Open windows still to re-publish since the partition was opened: per dimension and
+    /// size, the key the scan goes on from.
+    rescan: Vec<(Dimension, WindowSize, String)>,
+    /// When the partition was last flushed (flushes are at least the interim period apart).
+    flushed: Option<Instant>,
+}
+
+/// How many open windows a re-publication after opening a partition reads per flush.
+const RESCAN_PER_FLUSH: usize = 10_000;
 
 impl Aggregator {
     /// An aggregator with `settings`.
     pub fn new(settings: Settings) -> Aggregator {
         let direct = format!("d|{}/", settings.activity);
-        Aggregator { settings, direct }
+        Aggregator {
+            settings,
+            direct,
+            dirty: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Remembers that `keys` changed on `partition`: the next flush publishes them.
+    fn mark_dirty(&self, partition: i32, keys: Vec<String>) {
+        if keys.is_empty() {
+            return;
+        }
+        let mut dirty = self.dirty.lock().unwrap_or_else(|e| e.into_inner());
+        dirty.entry(partition).or_default().keys.extend(keys);
+    }
+
+    /// The latest value of every window of `partition` changed since its last flush (and,
+    /// after the partition was opened here, of every open window), unless the last flush
+    /// was less than the interim period ago. Windows already closed are left out: their
+    /// final value went out when they closed.
+    fn flush_windows(&self, partition: i32, state: &State<'_>, first: bool) -> Vec<Output> {
+        let mut dirty = self.dirty.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = dirty.entry(partition).or_default();
+        if first {
+            *entry = Dirty::default();
+            for dim in [Dimension::Product, Dimension::Brand] {
+                for size in SIZES {
+                    let from = match state.get(&CURSORS, &cursor_key(Sweep::Close, dim, size)) {
+                        Ok(cursor) => cursor_or_start(cursor, dim, size),
+                        Err(_) => start_prefix(dim, size, 0),
+                    };
+                    entry.rescan.push((dim, size, from));
+                }
+            }
+        }
+        let interim = Duration::from_millis(u64::try_from(self.settings.interim_ms).unwrap_or(0));
+        if entry.flushed.is_some_and(|at| at.elapsed() < interim) {
+            return Vec::new();
+        }
+        // Open windows to re-publish, a bounded number per flush.
+        let mut budget = RESCAN_PER_FLUSH;
+        while budget > 0 {
+            let Some((dim, size, from)) = entry.rescan.last().cloned() else {
+                break;
+            };
+            match state.range(&WINDOWS, &from, &window::keys_end(dim, size), budget) {
+                Ok(found) => {
+                    budget -= found.len();
+                    match found.last() {
+                        Some((last, _)) if budget == 0 => {
+                            if let Some(scan) = entry.rescan.last_mut() {
+                                scan.2 = format!("{last}\0");
+                            }
+                        }
+                        _ => {
+                            entry.rescan.pop();
+                        }
+                    }
+                    entry.keys.extend(found.into_iter().map(|(key, _)| key));
+                }
+                // The store cannot be read now: the next flush tries again.
+                Err(e) => {
+                    tracing::warn!(error = %e, partition, "Cannot read open windows to re-publish; retrying at the next flush");
+                    break;
+                }
+            }
+        }
+        if entry.keys.is_empty() {
+            return Vec::new();
+        }
+        entry.flushed = Some(Instant::now());
+        let mut cursors = HashMap::new();
+        let mut windows = Vec::new();
+        let mut keys: Vec<String> = entry.keys.drain().collect();
+        keys.sort_unstable();
+        for key in keys {
+            let Some((dim, id, size, start)) = parse_state_key(&key) else {
+                continue;
+            };
+            let cursor = cursors.entry((dim, size)).or_insert_with(|| {
+                state
+                    .get(&CURSORS, &cursor_key(Sweep::Close, dim, size))
+                    .map(|c| cursor_or_start(c, dim, size))
+            });
+            let value = match cursor {
+                Ok(cursor) if key < *cursor => continue,
+                Ok(_) => state.get(&WINDOWS, &key),
+                Err(e) => Err(e.clone()),
+            };
+            match value {
+                Ok(Some(window)) => windows.push(WindowOut {
+                    dim,
+                    id: id.to_owned(),
+                    size,
+                    start,
+                    window,
+                }),
+                // Forgotten meanwhile (past its retention).
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, partition, "Cannot read a window to flush; retrying at the next flush");
+                    entry.keys.insert(key);
+                }
+            }
+        }
+        drop(dirty);
+        self.publish_values(windows)
     }
 }
 
@@ -233,9 +360,10 @@ impl Aggregator {
     }
 
     /// Counts `activity` at `time_ms` in `dim`/`id`'s windows, refusing it when it is late
-    /// for its smallest window by `clock` (the time windows close by); publishes what the
-    /// rate limit allows. Moves `dim`'s stream time (the latest event time, which bounds
-    /// the windows the API looks for), known to be `stream_time`.
+    /// for its smallest window by `clock` (the time windows close by); adds the windows'
+    /// keys to `touched` (their values go out with the next flush). Moves `dim`'s stream
+    /// time (the latest event time, which bounds the windows the API looks for), known to
+    /// be `stream_time`.
     #[allow(clippy::too_many_arguments)]
     fn count(
         &self,
@@ -245,7 +373,7 @@ impl Aggregator {
         activity: &Activity,
         time_ms: i64,
         (clock, stream_time): (i64, i64),
-        out: &mut Vec<WindowOut>,
+        touched: &mut Vec<String>,
     ) -> Result<(), ProcessError> {
         if !(0..MAX_EVENT_TIME_MS).contains(&time_ms) {
             return Err(ProcessError::Permanent(format!(
@@ -277,23 +405,13 @@ impl Aggregator {
                 window::millis(clock).to_rfc3339(),
             )));
         }
-        let now = Utc::now().timestamp_millis();
         for size in SIZES {
             let start = start_of(size, time_ms);
             let key = state_key(dim, id, size, start);
             let mut window = state.get(&WINDOWS, &key)?.unwrap_or_default();
             window.add(activity);
-            if now - window.published_ms >= self.settings.interim_ms {
-                window.published_ms = now;
-                out.push(WindowOut {
-                    dim,
-                    id: id.to_owned(),
-                    size,
-                    start,
-                    window: window.clone(),
-                });
-            }
             state.put(&WINDOWS, &key, &window)?;
+            touched.push(key);
         }
         if time_ms > stream_time {
             state.put(&META, stream_time_key(dim), &time_ms)?;
@@ -425,6 +543,7 @@ impl Aggregator {
         let time = event_time(message, activity);
         let time_ms = time.timestamp_millis();
         let mut windows = Vec::new();
+        let mut touched = Vec::with_capacity(SIZES.len());
         // A product's windows live with its partition: that partition's stream time is
         // their clock.
         let stream_time =
@@ -436,7 +555,7 @@ impl Aggregator {
             activity,
             time_ms,
             (stream_time, stream_time),
-            &mut windows,
+            &mut touched,
         )?;
         let mut outputs = Vec::new();
         match state.get(&BRANDS, &activity.product_id)? {
@@ -480,6 +599,7 @@ impl Aggregator {
             &mut windows,
         )?;
         outputs.extend(self.publish(message, outputs.len() as u32, windows));
+        self.mark_dirty(message.partition, touched);
         Ok(outputs)
     }
 
@@ -537,6 +657,7 @@ impl Aggregator {
         let clock = self.brand_clock(state, origin.as_ref(), time_ms)?;
         let stream_time = Self::meta(state, stream_time_key(Dimension::Brand))?.unwrap_or(i64::MIN);
         let mut windows = Vec::new();
+        let mut touched = Vec::with_capacity(SIZES.len());
         self.count(
             state,
             Dimension::Brand,
@@ -544,9 +665,10 @@ impl Aggregator {
             activity,
             time_ms,
             (clock, stream_time),
-            &mut windows,
+            &mut touched,
         )?;
         self.close_due(state, Dimension::Brand, clock, &mut windows)?;
+        self.mark_dirty(message.partition, touched);
         Ok(self.publish(message, 0, windows))
     }
 
@@ -565,14 +687,57 @@ impl Aggregator {
     ) -> Result<i64, ProcessError> {
         let mut marks = state.get(&WATERMARKS, SOURCES)?.unwrap_or_default();
         if let Some(origin) = origin.filter(|o| o.stream.starts_with(&self.direct)) {
+            // The whole second below the event time: a mark never runs ahead of its
+            // partition (so the clock stays safe), and the map is rewritten once per
+            // second of event time per partition instead of on nearly every record (each
+            // rewrite stays in the batch's pending log until the commit).
+            let second = time_ms - time_ms.rem_euclid(1000);
             let mark = marks.entry(origin.stream.clone()).or_insert(i64::MIN);
-            if time_ms > *mark && (0..MAX_EVENT_TIME_MS).contains(&time_ms) {
-                *mark = time_ms;
+            if second > *mark && (0..MAX_EVENT_TIME_MS).contains(&time_ms) {
+                *mark = second;
                 state.put(&WATERMARKS, SOURCES, &marks)?;
             }
         }
         let sources = usize::try_from(self.settings.activity_partitions).unwrap_or(1);
         Ok(brand_clock(&marks, sources, self.settings.max_skew_ms))
+    }
+
+    /// The records of flushed window values, with ids derived from the values.
+    fn publish_values(&self, windows: Vec<WindowOut>) -> Vec<Output> {
+        let mut outputs = Vec::new();
+        let mut published = [0u64; 2];
+        for w in windows {
+            for (suffix, row) in w.window.rows(w.dim, &w.id, w.size, w.start) {
+                published[usize::from(w.dim == Dimension::Brand)] += 1;
+                let key = format!(
+                    "{}{suffix}",
+                    window::topic_key(w.dim, &w.id, w.size, w.start)
+                );
+                let counts = [
+                    row.views,
+                    row.carts,
+                    row.orders,
+                    row.units,
+                    row.revenue_minor,
+                ]
+                .map(u64::to_be_bytes)
+                .concat();
+                let id = value_id(row.end.timestamp_millis(), &[key.as_bytes(), &counts]);
+                let at = row.end;
+                let mut envelope = Envelope::new(crate::NAME, Event::WindowAggregated(row))
+                    .at(at)
+                    .with_id(id);
+                envelope.key = key;
+                outputs.push(Output::event(&self.settings.output, envelope));
+            }
+        }
+        for (dim, count) in [Dimension::Product, Dimension::Brand].iter().zip(published) {
+            if count > 0 {
+                counter!(names::PUBLISHED, "dim" => dim.as_str(), "final" => "false")
+                    .increment(count);
+            }
+        }
+        outputs
     }
 
     /// The records of window values, with ids derived from the input.
@@ -657,6 +822,16 @@ impl StatefulProcessor for Aggregator {
 
     fn batching(&self) -> Batching {
         self.settings.batching
+    }
+
+    fn flush(&self, partition: i32, state: &State<'_>, first: bool) -> Vec<Output> {
+        self.flush_windows(partition, state, first)
+    }
+
+    fn flush_every(&self) -> Option<Duration> {
+        Some(Duration::from_millis(
+            u64::try_from(self.settings.interim_ms).unwrap_or(0).max(1),
+        ))
     }
 }
 

@@ -49,6 +49,11 @@ pub fn start_prefix(dim: Dimension, size: WindowSize, start_ms: i64) -> String {
     )
 }
 
+/// Sorts after every key of `dim`'s `size` windows.
+pub fn keys_end(dim: Dimension, size: WindowSize) -> String {
+    format!("{}|{}|~", dim_tag(dim), size.as_str())
+}
+
 /// Parses a state key back into its parts.
 pub fn parse_state_key(key: &str) -> Option<(Dimension, &str, WindowSize, i64)> {
     let mut parts = key.splitn(4, '|');
@@ -94,9 +99,6 @@ pub struct WindowState {
     /// values published and served (from the close cursor), never stored.
     #[serde(default, rename = "final")]
     pub is_final: bool,
-    /// Wall-clock ms of the last interim publication (interim updates are rate-limited).
-    #[serde(default)]
-    pub published_ms: i64,
 }
 
 impl WindowState {

@@ -397,3 +397,126 @@ async fn brand_windows_wait_for_the_slowest_partition_within_the_skew() {
     shutdown.trigger();
     running.wait().await.unwrap();
 }
+
+/// A burst of events inside one window, then silence: the window's latest value still
+/// reaches the topic (flushed after the interim period without new input), and the burst
+/// went out as fewer values than events (at most one per window per interim period).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_window_s_latest_value_reaches_the_topic_when_the_stream_goes_quiet() {
+    const EVENTS: usize = 40;
+    let broker = TestBroker::shared();
+    let topics = Topics::create(broker, "agg-quiet", 3).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = common::config(broker, &topics, dir.path());
+    config.interim_ms = 1_000;
+    // No event comes after the burst: nothing closes, only the interim flush publishes.
+    config.grace_ms = 3_600_000;
+    let shutdown = Shutdown::new();
+    let running = aggregation::start(config, shutdown.clone()).await.unwrap();
+
+    broker
+        .produce_envelopes(&topics.products, &[product("p-quiet", "b-quiet")])
+        .await
+        .unwrap();
+    let base = at("2026-11-23T11:30:00Z");
+    let events: Vec<Envelope> = (0..EVENTS)
+        .map(|i| {
+            activity(
+                ActivityKind::ProductViewed,
+                "p-quiet",
+                base + chrono::Duration::milliseconds(i as i64 * 100),
+                1,
+                0,
+            )
+        })
+        .collect();
+    // The product first, so that no event is held (held ones reach the brand later).
+    eventually("the product's brand is known", WAIT, || async {
+        processed(running.service.admin_addr).await >= 1
+    })
+    .await;
+    broker
+        .produce_envelopes(&topics.activity, &events)
+        .await
+        .unwrap();
+
+    let keys = [
+        "product:p-quiet:1m:2026-11-23T11:30:00Z",
+        "product:p-quiet:1h:2026-11-23T11:00:00Z",
+        "brand:b-quiet:1m:2026-11-23T11:30:00Z",
+        "brand:b-quiet:1h:2026-11-23T11:00:00Z",
+    ];
+    let views_of = |records: &[tributary_testkit::Record], key: &str| -> Vec<(u64, bool)> {
+        records
+            .iter()
+            .filter(|r| r.key_str() == Some(key))
+            .filter_map(|r| match r.envelope().ok()?.event {
+                Event::WindowAggregated(w) => Some((w.views, w.is_final)),
+                _ => None,
+            })
+            .collect()
+    };
+    let records = broker
+        .consume_until(&[&topics.output], WAIT, |records| {
+            keys.iter().all(|key| {
+                views_of(records, key).last().map(|(views, _)| *views) == Some(EVENTS as u64)
+            })
+        })
+        .await
+        .unwrap();
+    for key in keys {
+        let values = views_of(&records, key);
+        assert!(
+            values.windows(2).all(|w| w[0].0 <= w[1].0) && values.iter().all(|(_, f)| !f),
+            "{key}: interim values only, never going back: {values:?}"
+        );
+        assert!(
+            values.len() < EVENTS / 4,
+            "{key}: {EVENTS} events published as {} values: {values:?}",
+            values.len()
+        );
+    }
+    shutdown.trigger();
+    running.wait().await.unwrap();
+
+    // Which values were flushed before a stop is not remembered: a partition opened again
+    // re-publishes its open windows, the same value under the same id.
+    let key = keys[0];
+    let before: Vec<_> = records
+        .iter()
+        .filter(|r| r.key_str() == Some(key))
+        .collect();
+    let last_id = before.last().unwrap().envelope().unwrap().id;
+    let shutdown = Shutdown::new();
+    let running = aggregation::start(
+        {
+            let mut config = common::config(broker, &topics, dir.path());
+            config.interim_ms = 1_000;
+            config.grace_ms = 3_600_000;
+            config
+        },
+        shutdown.clone(),
+    )
+    .await
+    .unwrap();
+    let records = broker
+        .consume_until(&[&topics.output], WAIT, |records| {
+            records.iter().filter(|r| r.key_str() == Some(key)).count() > before.len()
+        })
+        .await
+        .unwrap();
+    let again = records
+        .iter()
+        .filter(|r| r.key_str() == Some(key))
+        .nth(before.len())
+        .unwrap()
+        .envelope()
+        .unwrap();
+    assert_eq!(again.id, last_id, "the same value under the same id");
+    match again.event {
+        Event::WindowAggregated(w) => assert_eq!(w.views, EVENTS as u64),
+        other => panic!("{other:?}"),
+    }
+    shutdown.trigger();
+    running.wait().await.unwrap();
+}

@@ -263,7 +263,7 @@ impl<P: Processor> Shared<P> {
                 return task;
             }
         }
-        let (task, rx) = Task::new(number);
+        let (task, rx) = Task::new(number, id.clone());
         let (out_tx, out_rx) = mpsc::unbounded_channel();
         let name = match number {
             Some(n) => format!("task {n}"),

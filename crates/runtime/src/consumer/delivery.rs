@@ -58,6 +58,9 @@ pub(crate) enum Item {
     /// The end of a batch: commit it once every earlier record is acknowledged. The next
     /// offset of each partition the batch touched.
     BatchEnd { offsets: Vec<(Arc<Partition>, i64)> },
+    /// Records from [`Processor::flush`](crate::Processor::flush), tied to no input offset:
+    /// acknowledged in order with the rest, before the batch end that follows them.
+    Flush { records: Vec<OutRecord> },
 }
 
 /// What the broker's answer to a failed record means.
@@ -252,6 +255,19 @@ impl<'a, P: Processor> Pipeline<'a, P> {
                 }
             }
             Item::BatchEnd { offsets } => Entry::BatchEnd { offsets },
+            Item::Flush { records } => {
+                let mut recs = Vec::with_capacity(records.len());
+                for record in records {
+                    let slot = self.send(&record).await?;
+                    recs.push(Rec { record, slot });
+                }
+                Entry::Input {
+                    part: None,
+                    offset: -1,
+                    input: None,
+                    recs,
+                }
+            }
         };
         self.queue.push_back(entry);
         Ok(())

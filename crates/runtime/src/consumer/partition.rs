@@ -26,6 +26,8 @@ use crate::processor::PartitionId;
 pub(crate) struct Task {
     /// The partition number of a co-partitioned task; `None` for a single partition's.
     pub(crate) number: Option<i32>,
+    /// The partition it was created for (of a co-partitioned task, one of its partitions).
+    pub(crate) first: PartitionId,
     /// To the worker, in arrival order (offset order within each partition).
     tx: mpsc::UnboundedSender<(Arc<Partition>, OwnedMessage)>,
     /// Stop after the message in hand (revocation, shutdown).
@@ -49,6 +51,7 @@ impl Task {
     /// A task and the receiving end of its input queue.
     pub(crate) fn new(
         number: Option<i32>,
+        first: PartitionId,
     ) -> (
         Arc<Task>,
         mpsc::UnboundedReceiver<(Arc<Partition>, OwnedMessage)>,
@@ -56,6 +59,7 @@ impl Task {
         let (tx, rx) = mpsc::unbounded_channel();
         let task = Arc::new(Task {
             number,
+            first,
             tx,
             stop: CancellationToken::new(),
             abandon: CancellationToken::new(),

@@ -22,7 +22,7 @@ use super::partition::{Partition, Task};
 use super::record::{self, OutRecord};
 use crate::dlq::{self, DeadLetter};
 use crate::metrics::names;
-use crate::processor::{Incoming, ProcessError, Processor};
+use crate::processor::{Incoming, PartitionId, ProcessError, Processor};
 
 /// One in this many messages has its processing time recorded: a distribution needs a
 /// sample, not every message, and a histogram per message is a StatsD line per message.
@@ -60,6 +60,11 @@ pub(crate) async fn run<P: Processor>(
     out: mpsc::UnboundedSender<Item>,
 ) {
     let batching = shared.batching;
+    let flush_every = batching.and(shared.processor.flush_every());
+    // The partitions this task has processed messages of (at first the one it was made
+    // for): what an idle flush covers. A task flushes before its first message, so that
+    // what a partition opened here has to re-publish goes out without new input.
+    let mut known: Vec<PartitionId> = vec![task.first.clone()];
     let mut batch: Option<Batch> = None;
     let mut timing = 0u32;
     // One histogram handle per input topic (a task may read several).
@@ -80,28 +85,45 @@ pub(crate) async fn run<P: Processor>(
             (Some(message), None) => Some(message),
             (Some(message), Some(_)) => {
                 // The batch's time is up: end it first, then this message opens the next.
-                end_batch(&out, &mut batch);
+                flush_and_end_batch(&shared, flush_every, &out, &mut batch).await;
                 Some(message)
             }
             (None, Some(deadline)) => tokio::select! {
                 biased;
                 _ = task.stop.cancelled() => None,
                 _ = tokio::time::sleep_until(deadline) => {
-                    end_batch(&out, &mut batch);
+                    flush_and_end_batch(&shared, flush_every, &out, &mut batch).await;
                     continue;
                 }
                 message = rx.recv() => message,
             },
-            (None, None) => tokio::select! {
-                biased;
-                _ = task.stop.cancelled() => None,
-                message = rx.recv() => message,
-            },
+            (None, None) => {
+                // Idle: flush every `flush_every`, so that what the last batches left
+                // for a later flush (rate-limited values) is published without new input.
+                let idle = async {
+                    match flush_every {
+                        Some(every) => tokio::time::sleep(every).await,
+                        _ => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    biased;
+                    _ = task.stop.cancelled() => None,
+                    message = rx.recv() => message,
+                    _ = idle => {
+                        flush(&shared, &known, &out).await;
+                        continue;
+                    }
+                }
+            }
         };
         let Some((part, message)) = message else {
             break;
         };
         let offset = message.offset();
+        if flush_every.is_some() && !known.contains(&part.id) {
+            known.push(part.id.clone());
+        }
 
         timing = timing.wrapping_add(1);
         // The first message of a partition is always timed, then one in TIMING_SAMPLE.
@@ -162,12 +184,52 @@ pub(crate) async fn run<P: Processor>(
         }
         if let (Some(policy), Some(open)) = (batching, &batch) {
             if open.count >= policy.max_messages.max(1) {
-                end_batch(&out, &mut batch);
+                flush_and_end_batch(&shared, flush_every, &out, &mut batch).await;
             }
         }
     }
     // What was processed of the open batch is committed before the partitions go.
     end_batch(&out, &mut batch);
+}
+
+/// Ends the open batch by size or time: first the processor's flush over the batch's
+/// partitions (when it flushes), whose records go out before the batch commits.
+async fn flush_and_end_batch<P: Processor>(
+    shared: &Shared<P>,
+    flush_every: Option<Duration>,
+    out: &mpsc::UnboundedSender<Item>,
+    batch: &mut Option<Batch>,
+) {
+    if let (Some(_), Some(open)) = (flush_every, batch.as_ref()) {
+        let partitions: Vec<PartitionId> = open.next.iter().map(|(p, _)| p.id.clone()).collect();
+        flush(shared, &partitions, out).await;
+    }
+    end_batch(out, batch);
+}
+
+/// Runs the processor's flush over `partitions` and queues its records for delivery.
+async fn flush<P: Processor>(
+    shared: &Shared<P>,
+    partitions: &[PartitionId],
+    out: &mpsc::UnboundedSender<Item>,
+) {
+    let outputs = std::panic::AssertUnwindSafe(shared.processor.flush(partitions))
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|panic| {
+            counter!(names::ERRORS, "kind" => "flush_panic").increment(1);
+            tracing::error!(panic = %panic_text(&*panic), "Flush panicked; nothing published");
+            Vec::new()
+        });
+    if outputs.is_empty() {
+        return;
+    }
+    let trace = TraceParent::new_root();
+    let records = outputs
+        .into_iter()
+        .map(|o| OutRecord::from_output(o, &trace))
+        .collect();
+    let _ = out.send(Item::Flush { records });
 }
 
 fn end_batch(out: &mpsc::UnboundedSender<Item>, batch: &mut Option<Batch>) {
