@@ -51,8 +51,8 @@ size of its `DATA_DIR`.
 - **aggregation**: the real `aggregation` binary (a child process, empty `DATA_DIR`, default \
 settings: a 5 min grace, brand windows closed by the slowest activity partition within a 15 min \
 skew (a backlog read from six partitions at once skews event time between them by minutes; \
-with `BENCH_DEBUG=1` the benchmark prints its dead letters: none), interim values at most \
-once a second per window, state batches of 10,000 messages or 100 ms) reading 1M activity events (views, carts and orders in turn over 10k \
+with `BENCH_DEBUG=1` the benchmark prints its dead letters: none), interim values flushed at \
+most once a second per partition (one value per changed window), state batches of 10,000 messages or 100 ms) reading 1M activity events (views, carts and orders in turn over 10k \
 products of 200 brands, event time spanning an hour) after the 10k products: product windows \
 of 1m and 1h straight from the stream, every event re-keyed by brand through the repartition \
 topic and counted in the brand's windows, window values published, changelog and checkpoint \

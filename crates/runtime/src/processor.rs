@@ -259,9 +259,12 @@ pub trait Processor: Send + Sync + 'static {
 
     /// Outputs that summarise a batching task's work rather than answer one message (a
     /// window's latest value, published once per flush however many messages changed it).
-    /// Called with the task's partitions when one of its batches ends by size or time, and
-    /// every [`flush_every`](Self::flush_every) while the task is idle. The records are
-    /// published before the batch's commit. A panic is logged and publishes nothing.
+    /// Called when one of the task's batches ends by size or time, with the partitions
+    /// the batch touched, and every [`flush_every`](Self::flush_every) while the task is
+    /// idle, with every partition it has processed (at first the one it was created for,
+    /// possibly before [`on_assigned`](Self::on_assigned) returned: flush nothing for a
+    /// partition not ready). Not on a stop. The records are published in order with the
+    /// task's outputs, before the batch commits. A panic is logged and publishes nothing.
     fn flush(&self, _partitions: &[PartitionId]) -> impl Future<Output = Vec<Output>> + Send {
         async { Vec::new() }
     }

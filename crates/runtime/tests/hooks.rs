@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
+use tributary_runtime::rdkafka::consumer::Consumer;
 use tributary_runtime::{
     Batching, Incoming, Output, PartitionId, ProcessError, Processor, RuntimeError, StartFrom,
 };
@@ -334,11 +335,17 @@ async fn a_stop_that_misses_its_deadline_says_so() {
 }
 
 /// Flushes: counts messages per partition, and each flush publishes one record per
-/// partition that had messages since the last flush; the first flush panics.
+/// partition that had messages since the last flush; the first flush panics. Records, per
+/// partition, the next offset the last flush covered, and every commit that came before
+/// the flush of its messages.
 #[derive(Clone, Default)]
 struct Flushing {
     unflushed: Arc<Mutex<BTreeMap<i32, u64>>>,
     flushes: Arc<Mutex<Vec<Vec<i32>>>>,
+    processed_to: Arc<Mutex<BTreeMap<i32, i64>>>,
+    flushed_to: Arc<Mutex<BTreeMap<i32, i64>>>,
+    commits: Arc<AtomicU64>,
+    early_commits: Arc<Mutex<Vec<(i32, i64)>>>,
     topic: String,
 }
 
@@ -350,7 +357,24 @@ impl Processor for Flushing {
             .unwrap()
             .entry(message.partition)
             .or_default() += 1;
+        self.processed_to
+            .lock()
+            .unwrap()
+            .insert(message.partition, message.offset + 1);
         Ok(vec![])
+    }
+    async fn commit_batch(&self, offsets: &[(PartitionId, i64)]) -> Result<(), ProcessError> {
+        self.commits.fetch_add(1, Ordering::SeqCst);
+        let flushed_to = self.flushed_to.lock().unwrap();
+        for (p, next) in offsets {
+            if flushed_to.get(&p.partition).copied().unwrap_or(0) < *next {
+                self.early_commits
+                    .lock()
+                    .unwrap()
+                    .push((p.partition, *next));
+            }
+        }
+        Ok(())
     }
     fn batching(&self) -> Option<Batching> {
         Some(Batching {
@@ -369,6 +393,13 @@ impl Processor for Flushing {
         };
         if first {
             panic!("flush bug");
+        }
+        let processed_to = self.processed_to.lock().unwrap().clone();
+        let mut flushed_to = self.flushed_to.lock().unwrap();
+        for p in partitions {
+            if let Some(next) = processed_to.get(&p.partition) {
+                flushed_to.insert(p.partition, *next);
+            }
         }
         let mut unflushed = self.unflushed.lock().unwrap();
         partitions
@@ -429,6 +460,29 @@ async fn an_idle_task_flushes_and_a_flush_publishes_what_its_batches_changed() {
         })
         .sum();
     assert_eq!(flushed, 200);
+    // A batch's flush comes before its commit (the batch end flushes; the idle one would
+    // come only after the commit).
+    eventually("batches committed", Duration::from_secs(30), || {
+        processor.commits.load(Ordering::SeqCst) >= 2
+    })
+    .await;
+    assert_eq!(
+        processor.early_commits.lock().unwrap().clone(),
+        Vec::<(i32, i64)>::new(),
+        "commits of messages no flush had covered"
+    );
+    // Two more idle flushes of each partition later, nothing more was published.
+    let seen = processor.flushes.lock().unwrap().len();
+    eventually("more idle flushes", Duration::from_secs(30), || {
+        processor.flushes.lock().unwrap().len() >= seen + 4
+    })
+    .await;
+    let (_, end) = broker
+        .consumer(&unique_group("rt-flush-reader"))
+        .unwrap()
+        .fetch_watermarks(&out, 0, Duration::from_secs(10))
+        .unwrap();
+    assert_eq!(end, records.len() as i64, "no flush record published twice");
     shutdown.trigger();
     running.wait().await.unwrap();
 }

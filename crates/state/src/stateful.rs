@@ -686,6 +686,10 @@ impl<S: StatefulProcessor> Processor for Stateful<S> {
         let Ok(task) = self.task(number) else {
             return Vec::new();
         };
+        // Handed over: another instance may have published a final value since.
+        if task.check_fence().is_err() {
+            return Vec::new();
+        }
         let first = !task.flushed.swap(true, std::sync::atomic::Ordering::AcqRel);
         let pending = lock(&task.pending);
         let state = State::new(&task.store, &pending);

@@ -88,7 +88,7 @@ pub struct Settings {
     pub max_skew_ms: i64,
     /// Partitions of the activity topic: the sources of the brand clock.
     pub activity_partitions: i32,
-    /// Interim values of one window are published at most this often, ms.
+    /// A partition's changed windows are flushed at most this often, ms.
     pub interim_ms: i64,
     /// How long a closed window stays queryable, ms after its end.
     pub retention_ms: i64,
@@ -116,8 +116,8 @@ struct Dirty {
     /// Windows changed since their last flush, by state key.
     keys: HashSet<String>,
     /// Open windows still to re-publish since the partition was opened: per dimension and
-    /// size, the key the scan goes on from.
-    rescan: Vec<(Dimension, WindowSize, String)>,
+    /// size, the key the scan goes on from (`None`: from the close cursor).
+    rescan: Vec<(Dimension, WindowSize, Option<String>)>,
     /// When the partition was last flushed (flushes are at least the interim period apart).
     flushed: Option<Instant>,
 }
@@ -148,93 +148,132 @@ impl Aggregator {
     /// The latest value of every window of `partition` changed since its last flush (and,
     /// after the partition was opened here, of every open window), unless the last flush
     /// was less than the interim period ago. Windows already closed are left out: their
-    /// final value went out when they closed.
+    /// final value went out when they closed. The dirty set is locked only to take the
+    /// work and to give back what could not be read: other partitions' messages mark
+    /// their windows meanwhile.
     fn flush_windows(&self, partition: i32, state: &State<'_>, first: bool) -> Vec<Output> {
-        let mut dirty = self.dirty.lock().unwrap_or_else(|e| e.into_inner());
-        let entry = dirty.entry(partition).or_default();
-        if first {
-            *entry = Dirty::default();
-            for dim in [Dimension::Product, Dimension::Brand] {
-                for size in SIZES {
-                    let from = match state.get(&CURSORS, &cursor_key(Sweep::Close, dim, size)) {
-                        Ok(cursor) => cursor_or_start(cursor, dim, size),
-                        Err(_) => start_prefix(dim, size, 0),
-                    };
-                    entry.rescan.push((dim, size, from));
+        let interim = Duration::from_millis(u64::try_from(self.settings.interim_ms).unwrap_or(0));
+        let (keys, mut rescan) = {
+            let mut dirty = self.dirty.lock().unwrap_or_else(|e| e.into_inner());
+            let entry = dirty.entry(partition).or_default();
+            if first {
+                *entry = Dirty::default();
+                for dim in [Dimension::Product, Dimension::Brand] {
+                    for size in SIZES {
+                        // From the close cursor, read when the scan starts.
+                        entry.rescan.push((dim, size, None));
+                    }
                 }
             }
-        }
-        let interim = Duration::from_millis(u64::try_from(self.settings.interim_ms).unwrap_or(0));
-        if entry.flushed.is_some_and(|at| at.elapsed() < interim) {
-            return Vec::new();
-        }
-        // Open windows to re-publish, a bounded number per flush.
+            if entry.flushed.is_some_and(|at| at.elapsed() < interim)
+                || (entry.keys.is_empty() && entry.rescan.is_empty())
+            {
+                return Vec::new();
+            }
+            entry.flushed = Some(Instant::now());
+            (
+                std::mem::take(&mut entry.keys),
+                std::mem::take(&mut entry.rescan),
+            )
+        };
+        let mut retry: Vec<String> = Vec::new();
+        let mut cursors: HashMap<(Dimension, WindowSize), Result<String, ProcessError>> =
+            HashMap::new();
+        let mut cursor_of = |dim: Dimension, size: WindowSize| {
+            cursors
+                .entry((dim, size))
+                .or_insert_with(|| {
+                    state
+                        .get(&CURSORS, &cursor_key(Sweep::Close, dim, size))
+                        .map(|c| cursor_or_start(c, dim, size))
+                })
+                .clone()
+        };
+        // Open windows to re-publish, a bounded number per flush (values read once).
+        let mut values: BTreeMap<String, WindowState> = BTreeMap::new();
         let mut budget = RESCAN_PER_FLUSH;
         while budget > 0 {
-            let Some((dim, size, from)) = entry.rescan.last().cloned() else {
+            let Some((dim, size, from)) = rescan.last().cloned() else {
                 break;
+            };
+            let from = match from.map_or_else(|| cursor_of(dim, size), Ok) {
+                Ok(from) => from,
+                Err(e) => {
+                    tracing::warn!(error = %e, partition, "Cannot read the close cursor to re-publish open windows; retrying at the next flush");
+                    break;
+                }
             };
             match state.range(&WINDOWS, &from, &window::keys_end(dim, size), budget) {
                 Ok(found) => {
                     budget -= found.len();
                     match found.last() {
                         Some((last, _)) if budget == 0 => {
-                            if let Some(scan) = entry.rescan.last_mut() {
-                                scan.2 = format!("{last}\0");
+                            if let Some(scan) = rescan.last_mut() {
+                                scan.2 = Some(format!("{last}\0"));
                             }
                         }
                         _ => {
-                            entry.rescan.pop();
+                            rescan.pop();
                         }
                     }
-                    entry.keys.extend(found.into_iter().map(|(key, _)| key));
+                    values.extend(found);
                 }
-                // The store cannot be read now: the next flush tries again.
                 Err(e) => {
                     tracing::warn!(error = %e, partition, "Cannot read open windows to re-publish; retrying at the next flush");
+                    if let Some(scan) = rescan.last_mut() {
+                        scan.2 = Some(from);
+                    }
                     break;
                 }
             }
         }
-        if entry.keys.is_empty() {
-            return Vec::new();
-        }
-        entry.flushed = Some(Instant::now());
-        let mut cursors = HashMap::new();
-        let mut windows = Vec::new();
-        let mut keys: Vec<String> = entry.keys.drain().collect();
-        keys.sort_unstable();
         for key in keys {
-            let Some((dim, id, size, start)) = parse_state_key(&key) else {
+            if values.contains_key(&key) {
+                continue;
+            }
+            let Some((dim, _, size, _)) = parse_state_key(&key) else {
                 continue;
             };
-            let cursor = cursors.entry((dim, size)).or_insert_with(|| {
-                state
-                    .get(&CURSORS, &cursor_key(Sweep::Close, dim, size))
-                    .map(|c| cursor_or_start(c, dim, size))
-            });
-            let value = match cursor {
-                Ok(cursor) if key < *cursor => continue,
+            let value = match cursor_of(dim, size) {
+                // Closed: its final value went out when it closed.
+                Ok(cursor) if key < cursor => continue,
                 Ok(_) => state.get(&WINDOWS, &key),
-                Err(e) => Err(e.clone()),
+                Err(e) => Err(e),
             };
             match value {
-                Ok(Some(window)) => windows.push(WindowOut {
+                Ok(Some(window)) => {
+                    values.insert(key, window);
+                }
+                // Forgotten meanwhile (past its retention).
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, partition, "Cannot read a window to flush; retrying at the next flush");
+                    retry.push(key);
+                }
+            }
+        }
+        if !retry.is_empty() || !rescan.is_empty() {
+            let mut dirty = self.dirty.lock().unwrap_or_else(|e| e.into_inner());
+            let entry = dirty.entry(partition).or_default();
+            entry.keys.extend(retry);
+            // A scan still to finish goes on next time (a later `first` replaced it).
+            if entry.rescan.is_empty() {
+                entry.rescan = rescan;
+            }
+        }
+        let windows = values
+            .into_iter()
+            .filter_map(|(key, window)| {
+                let (dim, id, size, start) = parse_state_key(&key)?;
+                Some(WindowOut {
                     dim,
                     id: id.to_owned(),
                     size,
                     start,
                     window,
-                }),
-                // Forgotten meanwhile (past its retention).
-                Ok(None) => {}
-                Err(e) => {
-                    tracing::warn!(error = %e, partition, "Cannot read a window to flush; retrying at the next flush");
-                    entry.keys.insert(key);
-                }
-            }
-        }
-        drop(dirty);
+                })
+            })
+            .collect();
         self.publish_values(windows)
     }
 }
@@ -829,8 +868,11 @@ impl StatefulProcessor for Aggregator {
     }
 
     fn flush_every(&self) -> Option<Duration> {
+        // Batch ends flush too; an idle partition needs no more than ten flushes a second.
         Some(Duration::from_millis(
-            u64::try_from(self.settings.interim_ms).unwrap_or(0).max(1),
+            u64::try_from(self.settings.interim_ms)
+                .unwrap_or(0)
+                .max(100),
         ))
     }
 }

@@ -72,7 +72,8 @@ pub struct AggregationConfig {
     /// holding the clock back, so brand windows still close.
     #[arg(long, env = "AGGREGATION_MAX_SKEW_MS", default_value_t = 900_000)]
     pub max_skew_ms: u64,
-    /// Interim values of one window are published at most this often, ms.
+    /// A partition's changed windows are flushed to the topic at most this often (each
+    /// once per flush), ms.
     #[arg(long, env = "AGGREGATION_INTERIM_MS", default_value_t = 1_000)]
     pub interim_ms: u64,
     /// How long a closed window stays queryable after its end, ms.
