@@ -31,6 +31,8 @@ pub struct Api {
     pub partitions: i32,
     /// The service's health (readiness).
     pub health: Health,
+    /// Which instance serves the partitions this one does not.
+    pub owners: crate::owners::Owners,
 }
 
 /// The API's routes.
@@ -180,19 +182,39 @@ async fn aggregates(State(api): State<Api>, RawQuery(raw): RawQuery) -> Response
     let (rows, truncated) = match read {
         Ok(Ok(rows)) => rows,
         Ok(Err(ReadError::NotOwned(p))) => {
-            return (
-                StatusCode::MISDIRECTED_REQUEST,
-                axum::Json(json!({
-                    "error": "not_owned",
-                    "message": format!(
-                        "{} {} lives on partition {p}, which another instance serves; ask the instance that owns partition {p} of the aggregation group",
-                        query.dim.as_str(), query.id
-                    ),
-                    "partition": p,
-                    "owned": api.reader.owned(),
-                })),
-            )
-                .into_response();
+            let owner = api.owners.owner_of(p);
+            let message = match &owner {
+                Some(url) => format!(
+                    "{} {} lives on partition {p}, which the instance at {url} serves; ask it",
+                    query.dim.as_str(),
+                    query.id
+                ),
+                None => format!(
+                    "{} {} lives on partition {p}, which another instance serves (none has said which yet: a rebalance may be in progress); ask the instance that owns partition {p} of the aggregation group",
+                    query.dim.as_str(),
+                    query.id
+                ),
+            };
+            let body = axum::Json(json!({
+                "error": "not_owned",
+                "message": message,
+                "partition": p,
+                "owner": owner,
+                "owned": api.reader.owned(),
+            }));
+            return match owner {
+                // The same request, at the owner.
+                Some(url) => {
+                    let location = format!("{url}/v1/aggregates?{}", raw.as_deref().unwrap_or(""));
+                    (
+                        StatusCode::MISDIRECTED_REQUEST,
+                        [(header::LOCATION, location)],
+                        body,
+                    )
+                        .into_response()
+                }
+                None => (StatusCode::MISDIRECTED_REQUEST, body).into_response(),
+            };
         }
         Ok(Err(ReadError::Restoring(p))) => {
             return (

@@ -9,6 +9,7 @@
 
 pub mod aggregator;
 pub mod api;
+pub mod owners;
 pub mod window;
 
 use std::net::SocketAddr;
@@ -49,6 +50,11 @@ pub struct AggregationConfig {
         default_value = "0.0.0.0:8082"
     )]
     pub listen: SocketAddr,
+    /// The address other instances give for keys this one serves (published on
+    /// `<group>.instances`); default `http://<listen address, or the host name when it
+    /// listens on all>:<port>`.
+    #[arg(long, env = "AGGREGATION_ADVERTISED_URL")]
+    pub advertised_url: Option<String>,
     /// Activity topic (input).
     #[arg(long, env = "AGGREGATION_ACTIVITY_TOPIC", default_value = topics::ACTIVITY)]
     pub activity_topic: String,
@@ -99,6 +105,7 @@ impl AggregationConfig {
         AggregationConfig {
             runtime,
             listen: "0.0.0.0:8082".parse().expect("a socket address"),
+            advertised_url: None,
             activity_topic: topics::ACTIVITY.to_owned(),
             products_topic: topics::PRODUCTS.to_owned(),
             repartition_topic: REPARTITION_TOPIC.to_owned(),
@@ -169,6 +176,25 @@ async fn ensure_repartition_topic(config: &AggregationConfig) -> anyhow::Result<
     Ok(partitions)
 }
 
+/// `http://<host>:<port>` of the API: the address it listens on, or the machine's host name
+/// (`HOSTNAME`, `/etc/hostname`) when it listens on every interface.
+fn default_url(api: SocketAddr) -> String {
+    let host = if api.ip().is_unspecified() {
+        std::env::var("HOSTNAME")
+            .ok()
+            .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+            .map(|h| h.trim().to_owned())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "localhost".to_owned())
+    } else {
+        match api.ip() {
+            std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+            ip => ip.to_string(),
+        }
+    };
+    format!("http://{host}:{}", api.port())
+}
+
 /// Starts aggregation; its admin server and API listen when this returns.
 pub async fn start(config: AggregationConfig, shutdown: Shutdown) -> anyhow::Result<Running> {
     let partitions = ensure_repartition_topic(&config).await?;
@@ -201,6 +227,19 @@ pub async fn start(config: AggregationConfig, shutdown: Shutdown) -> anyhow::Res
         .await
         .with_context(|| format!("binding {}", config.listen))?;
     let api_addr = listener.local_addr()?;
+    let url = config
+        .advertised_url
+        .clone()
+        .unwrap_or_else(|| default_url(api_addr));
+    let owners = owners::start(
+        &config.runtime,
+        NAME,
+        &url,
+        reader.clone(),
+        shutdown.clone(),
+    )
+    .await
+    .context("starting the instances registry")?;
     let service = tributary_runtime::start(spec, config.runtime, processor, shutdown.clone())
         .await
         .context("starting aggregation")?;
@@ -208,6 +247,7 @@ pub async fn start(config: AggregationConfig, shutdown: Shutdown) -> anyhow::Res
         reader,
         partitions,
         health: service.health.clone(),
+        owners,
     });
     let api = tokio::spawn(async move {
         let served = axum::serve(listener, app)

@@ -1,5 +1,6 @@
 //! Two instances of the real binary in one group: the partitions are split between them,
-//! and each answers for a key it does not own with where it lives, never a zero. One is
+//! and each answers for a key it does not own with where it lives (the partition and the
+//! owner's address, where the same request is answered), never a zero. One is
 //! stopped mid-stream; the other restores that instance's partitions from the changelog,
 //! and every window of every product and brand still equals the reference.
 
@@ -131,6 +132,33 @@ async fn one_of_two_instances_stops_mid_stream_and_the_other_restores_its_partit
         aggregation::api::partition_of(&elsewhere, PARTITIONS)
     );
     assert!(!owned_a.is_empty());
+    // ... and by which instance: the owner's address (once b has said what it serves),
+    // where the same request is answered.
+    let query = format!("dim=product&id={elsewhere}&window=1h");
+    let b_url = format!("http://{}", b.api);
+    let started = Instant::now();
+    let response = loop {
+        let response = reqwest::get(format!("http://{}/v1/aggregates?{query}", a.api))
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 421);
+        if response.headers().contains_key("location") {
+            break response;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "a never named the owner"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let location = response.headers()["location"].to_str().unwrap().to_owned();
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["owner"], b_url.as_str(), "{body}");
+    assert_eq!(location, format!("{b_url}/v1/aggregates?{query}"));
+    let there = reqwest::get(&location).await.unwrap();
+    assert_eq!(there.status().as_u16(), 200, "the owner answers");
+    let there: Value = there.json().await.unwrap();
+    assert!(there["windows"].is_array(), "{there}");
 
     // b stops mid-stream; the rest of the stream arrives while a takes over.
     terminate(&mut b);
