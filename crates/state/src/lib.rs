@@ -50,6 +50,11 @@ pub fn output_id(message: &Incoming, index: u32) -> Ulid {
     hash.update(message.partition.to_be_bytes());
     hash.update(message.offset.to_be_bytes());
     hash.update(index.to_be_bytes());
+    derived_id(millis, hash)
+}
+
+/// A ULID with time part `millis` and its 80 random bits taken from `hash`'s digest.
+fn derived_id(millis: u64, hash: Sha256) -> Ulid {
     let digest = hash.finalize();
     let mut random = [0u8; 16];
     random[6..].copy_from_slice(&digest[..10]);
@@ -65,10 +70,7 @@ pub fn value_id(millis: i64, parts: &[&[u8]]) -> Ulid {
         hash.update((part.len() as u64).to_be_bytes());
         hash.update(part);
     }
-    let digest = hash.finalize();
-    let mut random = [0u8; 16];
-    random[6..].copy_from_slice(&digest[..10]);
-    Ulid::from_parts(millis.max(0) as u64, u128::from_be_bytes(random))
+    derived_id(millis.max(0) as u64, hash)
 }
 
 /// Metric names of the state store.

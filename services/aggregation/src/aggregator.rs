@@ -16,9 +16,10 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use metrics::counter;
 use serde::{Deserialize, Serialize};
-use tributary_events::{Activity, Dimension, Envelope, Event, WindowSize};
+use tributary_events::{Activity, Dimension, Envelope, Event, WindowAggregate, WindowSize};
 use tributary_runtime::{Batching, Incoming, Output, ProcessError};
 use tributary_state::{State, StatefulProcessor, Table, output_id, value_id};
+use ulid::Ulid;
 
 use crate::window::{
     self, SIZES, WindowState, parse_state_key, size_ms, start_of, start_prefix, state_key,
@@ -743,40 +744,18 @@ impl Aggregator {
 
     /// The records of flushed window values, with ids derived from the values.
     fn publish_values(&self, windows: Vec<WindowOut>) -> Vec<Output> {
-        let mut outputs = Vec::new();
-        let mut published = [0u64; 2];
-        for w in windows {
-            for (suffix, row) in w.window.rows(w.dim, &w.id, w.size, w.start) {
-                published[usize::from(w.dim == Dimension::Brand)] += 1;
-                let key = format!(
-                    "{}{suffix}",
-                    window::topic_key(w.dim, &w.id, w.size, w.start)
-                );
-                let counts = [
-                    row.views,
-                    row.carts,
-                    row.orders,
-                    row.units,
-                    row.revenue_minor,
-                ]
-                .map(u64::to_be_bytes)
-                .concat();
-                let id = value_id(row.end.timestamp_millis(), &[key.as_bytes(), &counts]);
-                let at = row.end;
-                let mut envelope = Envelope::new(crate::NAME, Event::WindowAggregated(row))
-                    .at(at)
-                    .with_id(id);
-                envelope.key = key;
-                outputs.push(Output::event(&self.settings.output, envelope));
-            }
-        }
-        for (dim, count) in [Dimension::Product, Dimension::Brand].iter().zip(published) {
-            if count > 0 {
-                counter!(names::PUBLISHED, "dim" => dim.as_str(), "final" => "false")
-                    .increment(count);
-            }
-        }
-        outputs
+        self.window_records(windows, |key, row| {
+            let counts = [
+                row.views,
+                row.carts,
+                row.orders,
+                row.units,
+                row.revenue_minor,
+            ]
+            .map(u64::to_be_bytes)
+            .concat();
+            value_id(row.end.timestamp_millis(), &[key.as_bytes(), &counts])
+        })
     }
 
     /// The records of window values, with ids derived from the input.
@@ -786,23 +765,37 @@ impl Aggregator {
         first_index: u32,
         windows: Vec<WindowOut>,
     ) -> Vec<Output> {
-        let mut outputs = Vec::new();
         let mut index = first_index;
-        // Counted per message, not per row: a labelled counter is looked up on every use.
+        self.window_records(windows, |_, _| {
+            index += 1;
+            output_id(message, index - 1)
+        })
+    }
+
+    /// The records of window values (a row per currency), each with the id `id_of` gives
+    /// its topic key and row.
+    fn window_records(
+        &self,
+        windows: Vec<WindowOut>,
+        mut id_of: impl FnMut(&str, &WindowAggregate) -> Ulid,
+    ) -> Vec<Output> {
+        let mut outputs = Vec::new();
+        // Counted per call, not per row: a labelled counter is looked up on every use.
         let mut published = [[0u64; 2]; 2];
         for w in windows {
             for (suffix, row) in w.window.rows(w.dim, &w.id, w.size, w.start) {
                 published[usize::from(w.dim == Dimension::Brand)]
                     [usize::from(w.window.is_final)] += 1;
-                let at = row.end;
-                let mut envelope = Envelope::new(crate::NAME, Event::WindowAggregated(row))
-                    .at(at)
-                    .with_id(output_id(message, index));
-                index += 1;
-                envelope.key = format!(
+                let key = format!(
                     "{}{suffix}",
                     window::topic_key(w.dim, &w.id, w.size, w.start)
                 );
+                let id = id_of(&key, &row);
+                let at = row.end;
+                let mut envelope = Envelope::new(crate::NAME, Event::WindowAggregated(row))
+                    .at(at)
+                    .with_id(id);
+                envelope.key = key;
                 outputs.push(Output::event(&self.settings.output, envelope));
             }
         }

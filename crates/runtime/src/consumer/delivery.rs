@@ -234,6 +234,16 @@ impl<'a, P: Processor> Pipeline<'a, P> {
         }
     }
 
+    /// Sends `records` in order.
+    async fn send_all(&mut self, records: Vec<OutRecord>) -> Result<Vec<Rec>, Stop> {
+        let mut recs = Vec::with_capacity(records.len());
+        for record in records {
+            let slot = self.send(&record).await?;
+            recs.push(Rec { record, slot });
+        }
+        Ok(recs)
+    }
+
     async fn push(&mut self, item: Item) -> Result<(), Stop> {
         let entry = match item {
             Item::Input {
@@ -241,33 +251,19 @@ impl<'a, P: Processor> Pipeline<'a, P> {
                 offset,
                 records,
                 input,
-            } => {
-                let mut recs = Vec::with_capacity(records.len());
-                for record in records {
-                    let slot = self.send(&record).await?;
-                    recs.push(Rec { record, slot });
-                }
-                Entry::Input {
-                    part: Some(part),
-                    offset,
-                    input,
-                    recs,
-                }
-            }
+            } => Entry::Input {
+                part: Some(part),
+                offset,
+                input,
+                recs: self.send_all(records).await?,
+            },
             Item::BatchEnd { offsets } => Entry::BatchEnd { offsets },
-            Item::Flush { records } => {
-                let mut recs = Vec::with_capacity(records.len());
-                for record in records {
-                    let slot = self.send(&record).await?;
-                    recs.push(Rec { record, slot });
-                }
-                Entry::Input {
-                    part: None,
-                    offset: -1,
-                    input: None,
-                    recs,
-                }
-            }
+            Item::Flush { records } => Entry::Input {
+                part: None,
+                offset: -1,
+                input: None,
+                recs: self.send_all(records).await?,
+            },
         };
         self.queue.push_back(entry);
         Ok(())
