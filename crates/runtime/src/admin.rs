@@ -175,14 +175,28 @@ impl Health {
     }
 }
 
+/// Where the admin endpoints read the service's health: one fixed [`Health`], or whichever
+/// is current for a service that swaps its consumer (the search-indexer's rebuild).
+type HealthSource = Arc<dyn Fn() -> Health + Send + Sync>;
+
 #[derive(Clone)]
 struct AdminState {
-    health: Health,
+    health: HealthSource,
     metrics: MetricsHandle,
 }
 
 /// The admin routes; a service may merge its own (the metrics-emitter adds `/lag`).
 pub fn router(health: Health, metrics: MetricsHandle) -> Router {
+    router_with(move || health.clone(), metrics)
+}
+
+/// The admin routes over the health `current` returns at each request: for a service whose
+/// consumer (and so its health) is replaced while the admin port stays up.
+pub fn router_with<F>(current: F, metrics: MetricsHandle) -> Router
+where
+    F: Fn() -> Health + Send + Sync + 'static,
+{
+    let health: HealthSource = Arc::new(current);
     Router::new()
         .route(
             "/healthz",
@@ -203,7 +217,7 @@ impl IntoResponse for Json200 {
 }
 
 async fn readyz(State(state): State<AdminState>) -> Response {
-    let reasons = state.health.not_ready_reasons();
+    let reasons = (state.health)().not_ready_reasons();
     if reasons.is_empty() {
         (StatusCode::OK, axum::Json(json!({"ready": true}))).into_response()
     } else {
@@ -224,7 +238,7 @@ async fn metrics_text(State(state): State<AdminState>) -> Response {
 }
 
 async fn status(State(state): State<AdminState>) -> Response {
-    axum::Json(state.health.status()).into_response()
+    axum::Json((state.health)().status()).into_response()
 }
 
 /// Answers unknown paths (404) and unsupported methods (405, with `Allow`) with a JSON body

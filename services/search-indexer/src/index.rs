@@ -1,0 +1,587 @@
+//! The product index: a tantivy index in one directory whose every commit carries, in its
+//! payload, the input offsets it covers, so that a restart resumes exactly where the durable
+//! index ends (effectively-once: nothing skipped, and what is read again is an upsert of a
+//! whole value).
+//!
+//! A product id has at most one document. A complete product is indexed in full; a product
+//! that is unknown, incomplete or deleted but has a popularity keeps a placeholder document
+//! holding only the popularity (never searchable), so that the popularity survives a
+//! restart with the offsets that produced it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tantivy::collector::{Count, TopDocs};
+use tantivy::directory::MmapDirectory;
+use tantivy::query::TermQuery;
+use tantivy::schema::{
+    FAST, Field, INDEXED, IndexRecordOption, STORED, STRING, Schema, TextFieldIndexing,
+    TextOptions, Value,
+};
+use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, Searcher, TantivyDocument, Term};
+use tributary_events::EnrichedProduct;
+
+/// The text analyzer of the full-text fields: words, lower-cased, English stems.
+pub const ANALYZER: &str = "en_stem";
+
+/// Why the index could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum IndexError {
+    /// tantivy refused an operation.
+    #[error("index: {0}")]
+    Tantivy(#[from] tantivy::TantivyError),
+    /// The index directory could not be opened.
+    #[error("index directory: {0}")]
+    Directory(String),
+    /// The commit payload is not ours.
+    #[error("commit payload: {0}")]
+    Payload(String),
+    /// The index was closed (its generation was swapped out).
+    #[error("the index is closed")]
+    Closed,
+}
+
+/// The fields of a product document.
+#[derive(Debug, Clone, Copy)]
+pub struct Fields {
+    /// The product id (raw term; the document's identity).
+    pub product_id: Field,
+    /// Display name (full text).
+    pub name: Field,
+    /// Description (full text).
+    pub description: Field,
+    /// Attribute values (full text).
+    pub attributes: Field,
+    /// Brand id (raw term, facet).
+    pub brand_id: Field,
+    /// Category (raw term, facet).
+    pub category: Field,
+    /// Retail price in minor units.
+    pub retail_minor: Field,
+    /// Currency of the price.
+    pub currency: Field,
+    /// Stock quantity.
+    pub stock: Field,
+    /// Popularity score.
+    pub popularity: Field,
+    /// Start of the window the popularity comes from (ms since the epoch).
+    pub popularity_window: Field,
+    /// 1 for a searchable (complete) product, 0 for a placeholder.
+    pub complete: Field,
+    /// The enriched product as JSON (what `GET /v1/products/{id}` returns).
+    pub document: Field,
+}
+
+/// The schema and its fields.
+pub fn schema() -> (Schema, Fields) {
+    let mut builder = Schema::builder();
+    let text = TextOptions::default().set_indexing_options(
+        TextFieldIndexing::default()
+            .set_tokenizer(ANALYZER)
+            .set_index_option(IndexRecordOption::WithFreqsAndPositions),
+    );
+    let fields = Fields {
+        product_id: builder.add_text_field("product_id", STRING | STORED),
+        name: builder.add_text_field("name", text.clone() | STORED),
+        description: builder.add_text_field("description", text.clone()),
+        attributes: builder.add_text_field("attributes", text),
+        brand_id: builder.add_text_field("brand_id", STRING | FAST | STORED),
+        category: builder.add_text_field("category", STRING | FAST | STORED),
+        retail_minor: builder.add_u64_field("retail_minor", INDEXED | FAST | STORED),
+        currency: builder.add_text_field("currency", STRING | STORED),
+        stock: builder.add_u64_field("stock", INDEXED | FAST | STORED),
+        popularity: builder.add_u64_field("popularity", FAST | STORED),
+        popularity_window: builder.add_i64_field("popularity_window", STORED),
+        complete: builder.add_u64_field("complete", INDEXED),
+        document: builder.add_bytes_field("document", STORED),
+    };
+    (builder.build(), fields)
+}
+
+/// A product's popularity: a score of its latest 1-hour window of activity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Popularity {
+    /// Start of the window it was computed from, ms since the epoch.
+    pub window_start_ms: i64,
+    /// `views + 5 × cart additions + 20 × units ordered` in that window.
+    pub score: u64,
+}
+
+/// What the index holds for one product id.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Entry {
+    /// The product, when it is complete (only then is it searchable).
+    pub product: Option<EnrichedProduct>,
+    /// Its popularity, once any activity was aggregated for it.
+    pub popularity: Option<Popularity>,
+}
+
+/// A change to one product id.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    /// The product's latest enriched value: `Some` when complete, `None` when it is
+    /// incomplete or deleted (it leaves the index).
+    Product(Option<EnrichedProduct>),
+    /// A deleted product: its document and popularity go.
+    Deleted,
+    /// A popularity from a window; an older window than the one held changes nothing.
+    Popularity(Popularity),
+}
+
+/// The commit payload: every input partition's next offset.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Payload {
+    format: u32,
+    /// topic → partition → next offset.
+    offsets: BTreeMap<String, BTreeMap<i32, i64>>,
+}
+
+const PAYLOAD_FORMAT: u32 = 1;
+
+struct Inner {
+    /// `None` once closed.
+    writer: Option<IndexWriter>,
+    /// Entries written since the last commit (tantivy shows them only once committed).
+    pending: HashMap<String, Option<Entry>>,
+    /// Offsets of finished batches, committed with the next commit.
+    offsets: BTreeMap<(String, i32), i64>,
+    /// Batches recorded so far (a ticket per [`ProductIndex::commit`] call).
+    recorded: u64,
+}
+
+/// One index directory: its writer, its reader and the offsets its last commit covers.
+pub struct ProductIndex {
+    dir: PathBuf,
+    index: Index,
+    fields: Fields,
+    reader: IndexReader,
+    inner: Arc<tokio::sync::Mutex<Inner>>,
+    /// One commit at a time; callers queued behind it are served by the next one.
+    commit_lock: tokio::sync::Mutex<Option<Instant>>,
+    /// The highest ticket a finished commit covers.
+    committed: AtomicU64,
+    /// Commits at least this far apart (the freshness/cost trade-off).
+    commit_interval: Duration,
+    /// Offsets of the last durable commit.
+    durable: std::sync::Mutex<BTreeMap<(String, i32), i64>>,
+    commits: AtomicU64,
+}
+
+impl std::fmt::Debug for ProductIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProductIndex")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ProductIndex {
+    /// Opens the index in `dir` (created when absent), with `writer_memory` bytes of
+    /// indexing buffer and commits at least `commit_interval` apart.
+    pub fn open(
+        dir: &Path,
+        writer_memory: usize,
+        commit_interval: Duration,
+    ) -> Result<ProductIndex, IndexError> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| IndexError::Directory(format!("{}: {e}", dir.display())))?;
+        let directory = MmapDirectory::open(dir)
+            .map_err(|e| IndexError::Directory(format!("{}: {e}", dir.display())))?;
+        let (schema, fields) = schema();
+        let index = Index::open_or_create(directory, schema)?;
+        // One indexing thread: the machine's other core serves searches and the consumer.
+        let writer = index.writer_with_num_threads(1, writer_memory.max(15_000_000))?;
+        let reader = index
+            .reader_builder()
+            .reload_policy(ReloadPolicy::Manual)
+            .try_into()?;
+        let payload: Payload = match index.load_metas()?.payload {
+            None => Payload::default(),
+            Some(text) => serde_json::from_str(&text)
+                .map_err(|e| IndexError::Payload(format!("{e}: {text:.200}")))?,
+        };
+        if payload.format > PAYLOAD_FORMAT {
+            return Err(IndexError::Payload(format!(
+                "format {} is newer than this binary's {PAYLOAD_FORMAT}",
+                payload.format
+            )));
+        }
+        let durable: BTreeMap<(String, i32), i64> = payload
+            .offsets
+            .into_iter()
+            .flat_map(|(topic, parts)| {
+                parts
+                    .into_iter()
+                    .map(move |(p, offset)| ((topic.clone(), p), offset))
+            })
+            .collect();
+        Ok(ProductIndex {
+            dir: dir.to_owned(),
+            index,
+            fields,
+            reader,
+            inner: Arc::new(tokio::sync::Mutex::new(Inner {
+                writer: Some(writer),
+                pending: HashMap::new(),
+                offsets: durable.clone(),
+                recorded: 0,
+            })),
+            commit_lock: tokio::sync::Mutex::new(None),
+            committed: AtomicU64::new(0),
+            commit_interval,
+            durable: std::sync::Mutex::new(durable),
+            commits: AtomicU64::new(0),
+        })
+    }
+
+    /// The index directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The fields.
+    pub fn fields(&self) -> &Fields {
+        &self.fields
+    }
+
+    /// The tantivy index (its tokenizers).
+    pub fn index(&self) -> &Index {
+        &self.index
+    }
+
+    /// A searcher over the last commit.
+    pub fn searcher(&self) -> Searcher {
+        self.reader.searcher()
+    }
+
+    /// Where the durable index ends for `topic`/`partition`: the next offset to read.
+    pub fn resume_offset(&self, topic: &str, partition: i32) -> Option<i64> {
+        lock(&self.durable)
+            .get(&(topic.to_owned(), partition))
+            .copied()
+    }
+
+    /// Every input partition's next offset, as of the last commit.
+    pub fn durable_offsets(&self) -> BTreeMap<(String, i32), i64> {
+        lock(&self.durable).clone()
+    }
+
+    /// Commits made since the index was opened.
+    pub fn commits(&self) -> u64 {
+        self.commits.load(Ordering::Relaxed)
+    }
+
+    /// Searchable (complete) products in the last commit.
+    pub fn documents(&self) -> u64 {
+        let query = TermQuery::new(
+            Term::from_field_u64(self.fields.complete, 1),
+            IndexRecordOption::Basic,
+        );
+        self.searcher()
+            .search(&query, &Count)
+            .map_or(0, |n| n as u64)
+    }
+
+    /// The committed entry of `product_id`, if any.
+    pub fn get(&self, product_id: &str) -> Result<Option<Entry>, IndexError> {
+        self.committed_entry(&self.searcher(), product_id)
+    }
+
+    fn committed_entry(
+        &self,
+        searcher: &Searcher,
+        product_id: &str,
+    ) -> Result<Option<Entry>, IndexError> {
+        let query = TermQuery::new(
+            Term::from_field_text(self.fields.product_id, product_id),
+            IndexRecordOption::Basic,
+        );
+        let Some((_, address)) = searcher
+            .search(&query, &TopDocs::with_limit(1))?
+            .into_iter()
+            .next()
+        else {
+            return Ok(None);
+        };
+        let doc: TantivyDocument = searcher.doc(address)?;
+        Ok(Some(self.entry_of(&doc)))
+    }
+
+    fn entry_of(&self, doc: &TantivyDocument) -> Entry {
+        let f = &self.fields;
+        let product = doc
+            .get_first(f.document)
+            .and_then(|v| v.as_bytes())
+            .and_then(|bytes| serde_json::from_slice::<EnrichedProduct>(bytes).ok());
+        let popularity = doc
+            .get_first(f.popularity_window)
+            .and_then(|v| v.as_i64())
+            .map(|window_start_ms| Popularity {
+                window_start_ms,
+                score: doc
+                    .get_first(f.popularity)
+                    .and_then(|v| v.as_u64())
+                    .unwrap_or(0),
+            });
+        Entry {
+            product,
+            popularity,
+        }
+    }
+
+    fn document_of(&self, id: &str, entry: &Entry) -> TantivyDocument {
+        let f = &self.fields;
+        let mut doc = TantivyDocument::new();
+        doc.add_text(f.product_id, id);
+        if let Some(p) = &entry.product {
+            doc.add_u64(f.complete, 1);
+            doc.add_text(f.name, &p.product.name);
+            if let Some(d) = &p.product.description {
+                doc.add_text(f.description, d);
+            }
+            for value in p.product.attributes.iter().flat_map(|a| a.values()) {
+                doc.add_text(f.attributes, value);
+            }
+            doc.add_text(f.brand_id, &p.product.brand_id);
+            doc.add_text(f.category, &p.product.category);
+            if let Some(price) = &p.price {
+                doc.add_u64(f.retail_minor, price.retail_minor);
+                doc.add_text(f.currency, &price.currency);
+            }
+            doc.add_u64(f.stock, p.stock.unwrap_or(0));
+            let json = serde_json::to_vec(p).expect("an enriched product serialises");
+            doc.add_bytes(f.document, &json);
+        } else {
+            doc.add_u64(f.complete, 0);
+        }
+        let popularity = entry.popularity.unwrap_or(Popularity {
+            window_start_ms: i64::MIN,
+            score: 0,
+        });
+        doc.add_u64(f.popularity, popularity.score);
+        if entry.popularity.is_some() {
+            doc.add_i64(f.popularity_window, popularity.window_start_ms);
+        }
+        doc
+    }
+
+    /// Applies a change to `product_id`. Visible to searches after the next commit.
+    pub async fn apply(&self, product_id: &str, change: Change) -> Result<(), IndexError> {
+        let mut inner = self.inner.lock().await;
+        let current = match inner.pending.get(product_id) {
+            Some(entry) => entry.clone(),
+            None => self.committed_entry(&self.searcher(), product_id)?,
+        };
+        let mut next = current.clone().unwrap_or_default();
+        match change {
+            Change::Product(product) => next.product = product,
+            Change::Deleted => next = Entry::default(),
+            Change::Popularity(p) => {
+                if next
+                    .popularity
+                    .is_some_and(|held| held.window_start_ms > p.window_start_ms)
+                {
+                    return Ok(());
+                }
+                next.popularity = Some(p);
+            }
+        }
+        let next = (next != Entry::default()).then_some(next);
+        if next == current {
+            return Ok(());
+        }
+        let writer = inner.writer.as_ref().ok_or(IndexError::Closed)?;
+        // The delete's opstamp is below the add's: it removes the old document only.
+        writer.delete_term(Term::from_field_text(self.fields.product_id, product_id));
+        if let Some(entry) = &next {
+            writer.add_document(self.document_of(product_id, entry))?;
+        }
+        inner.pending.insert(product_id.to_owned(), next);
+        Ok(())
+    }
+
+    /// Makes everything applied so far durable together with `offsets` (each partition's
+    /// next offset), and visible to searches. Commits are at least the commit interval
+    /// apart; calls that arrive meanwhile are served by one commit.
+    pub async fn commit(&self, offsets: &[(String, i32, i64)]) -> Result<(), IndexError> {
+        let ticket = {
+            let mut inner = self.inner.lock().await;
+            for (topic, partition, offset) in offsets {
+                inner.offsets.insert((topic.clone(), *partition), *offset);
+            }
+            inner.recorded += 1;
+            inner.recorded
+        };
+        let mut last = self.commit_lock.lock().await;
+        if self.committed.load(Ordering::Acquire) >= ticket {
+            return Ok(()); // a commit that started after ours was recorded covered it
+        }
+        if let Some(at) = *last {
+            let due = at + self.commit_interval;
+            if Instant::now() < due {
+                tokio::time::sleep_until(due.into()).await;
+            }
+        }
+        let mut inner = self.inner.clone().lock_owned().await;
+        let covered = inner.recorded;
+        let offsets = inner.offsets.clone();
+        let payload = {
+            let mut p = Payload {
+                format: PAYLOAD_FORMAT,
+                offsets: BTreeMap::new(),
+            };
+            for ((topic, partition), offset) in &offsets {
+                p.offsets
+                    .entry(topic.clone())
+                    .or_default()
+                    .insert(*partition, *offset);
+            }
+            serde_json::to_string(&p).expect("a payload serialises")
+        };
+        let reader = self.reader.clone();
+        let inner = tokio::task::spawn_blocking(move || {
+            let result = (|| {
+                let writer = inner.writer.as_mut().ok_or(IndexError::Closed)?;
+                let mut prepared = writer.prepare_commit()?;
+                prepared.set_payload(&payload);
+                prepared.commit()?;
+                reader.reload()?;
+                Ok::<(), IndexError>(())
+            })();
+            if result.is_ok() {
+                inner.pending.clear();
+            }
+            (inner, result)
+        })
+        .await
+        .map_err(|e| IndexError::Directory(format!("commit task: {e}")))?;
+        let (inner, result) = inner;
+        drop(inner);
+        result?;
+        *lock(&self.durable) = offsets;
+        self.committed.store(covered, Ordering::Release);
+        self.commits.fetch_add(1, Ordering::Relaxed);
+        *last = Some(Instant::now());
+        Ok(())
+    }
+
+    /// Closes the writer (waiting for its merges), so the directory can be removed.
+    pub async fn close(&self) {
+        let writer = self.inner.lock().await.writer.take();
+        if let Some(writer) = writer {
+            let _ = tokio::task::spawn_blocking(move || writer.wait_merging_threads()).await;
+        }
+    }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tributary_events::{Price, Product};
+
+    fn product(id: &str, name: &str) -> EnrichedProduct {
+        EnrichedProduct {
+            product: Product {
+                product_id: id.into(),
+                brand_id: "b1".into(),
+                sku: "s".into(),
+                name: name.into(),
+                category: "shoes".into(),
+                description: None,
+                attributes: None,
+                images: None,
+            },
+            price: Some(Price {
+                product_id: id.into(),
+                currency: "EUR".into(),
+                wholesale_minor: 1,
+                retail_minor: 100,
+            }),
+            stock: Some(3),
+            complete: true,
+            updated_at: chrono::Utc::now(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_commit_carries_the_offsets_and_a_reopened_index_resumes_from_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = ProductIndex::open(dir.path(), 20_000_000, Duration::ZERO).unwrap();
+        index
+            .apply("p1", Change::Product(Some(product("p1", "Red shoe"))))
+            .await
+            .unwrap();
+        assert!(index.get("p1").unwrap().is_none(), "visible before commit");
+        index.commit(&[("t".into(), 3, 42)]).await.unwrap();
+        assert_eq!(
+            index
+                .get("p1")
+                .unwrap()
+                .unwrap()
+                .product
+                .unwrap()
+                .product
+                .name,
+            "Red shoe"
+        );
+        index
+            .apply("p2", Change::Product(Some(product("p2", "Blue shoe"))))
+            .await
+            .unwrap();
+        index.close().await;
+        drop(index);
+        // p2 was never committed: a restart reads it again from offset 42.
+        let index = ProductIndex::open(dir.path(), 20_000_000, Duration::ZERO).unwrap();
+        assert_eq!(index.resume_offset("t", 3), Some(42));
+        assert_eq!(index.resume_offset("t", 0), None);
+        assert!(index.get("p2").unwrap().is_none());
+        assert_eq!(index.documents(), 1);
+    }
+
+    #[tokio::test]
+    async fn popularity_outlives_an_incomplete_product_and_an_older_window_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = ProductIndex::open(dir.path(), 20_000_000, Duration::ZERO).unwrap();
+        let newer = Popularity {
+            window_start_ms: 7_200_000,
+            score: 9,
+        };
+        let older = Popularity {
+            window_start_ms: 3_600_000,
+            score: 50,
+        };
+        index.apply("p1", Change::Popularity(newer)).await.unwrap();
+        index.apply("p1", Change::Popularity(older)).await.unwrap();
+        index.commit(&[]).await.unwrap();
+        assert_eq!(index.documents(), 0, "a placeholder is not searchable");
+        let entry = index.get("p1").unwrap().unwrap();
+        assert_eq!(entry.popularity, Some(newer));
+        index
+            .apply("p1", Change::Product(Some(product("p1", "Shoe"))))
+            .await
+            .unwrap();
+        index.commit(&[]).await.unwrap();
+        let entry = index.get("p1").unwrap().unwrap();
+        assert_eq!(entry.popularity, Some(newer));
+        assert!(entry.product.is_some());
+        index.apply("p1", Change::Product(None)).await.unwrap();
+        index.commit(&[]).await.unwrap();
+        assert_eq!(
+            index.documents(),
+            0,
+            "an incomplete product leaves the index"
+        );
+        assert_eq!(index.get("p1").unwrap().unwrap().popularity, Some(newer));
+        index.apply("p1", Change::Deleted).await.unwrap();
+        index.commit(&[]).await.unwrap();
+        assert!(index.get("p1").unwrap().is_none());
+    }
+}
