@@ -340,15 +340,10 @@ impl Generations {
             "Swapped in the rebuilt index"
         );
         *lock(&self.rebuild) = json!({
-            "state": "idle",
-            "last": {
-                "generation": generation.number,
-                "group": generation.group,
-                "replaced": old.number,
-                "documents": generation.index.documents(),
-                "took_ms": started.elapsed().as_millis() as u64,
-                "swapped_at": chrono::Utc::now().to_rfc3339(),
-            },
+            "state": "retiring",
+            "generation": generation.number,
+            "group": generation.group,
+            "replaced": old.number,
         });
         self.publish_status();
         // Searches that started on the old index hold it until they finish; its files stay
@@ -360,6 +355,18 @@ impl Generations {
         if let Err(e) = std::fs::remove_dir_all(&dir) {
             tracing::warn!(dir = %dir.display(), error = %e, "Cannot remove the replaced index");
         }
+        *lock(&self.rebuild) = json!({
+            "state": "idle",
+            "last": {
+                "generation": generation.number,
+                "group": generation.group,
+                "replaced": old.number,
+                "documents": generation.index.documents(),
+                "took_ms": started.elapsed().as_millis() as u64,
+                "swapped_at": chrono::Utc::now().to_rfc3339(),
+            },
+        });
+        self.publish_status();
         self.forget_group(&old.group).await;
     }
 
