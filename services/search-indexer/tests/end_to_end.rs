@@ -61,7 +61,9 @@ async fn products_posted_to_ingest_are_found_by_search_with_their_latest_values(
     ingest_config.client_keys = ingest::config::Secret::default();
     ingest_config.client_keys_file = None;
     ingest_config.rate_limit = 0.0;
-    let ingest = ingest::start(ingest_config, shutdown.clone()).await.unwrap();
+    let ingest = ingest::start(ingest_config, shutdown.clone())
+        .await
+        .unwrap();
     let base = format!("http://{}", ingest.api_addr);
 
     let enrichment_dir = tempfile::tempdir().unwrap();
