@@ -462,12 +462,24 @@ impl<const N: usize> SegmentCollector for SegmentFacets<N> {
             let Some((column, counts)) = column else {
                 continue;
             };
-            let mut text = String::new();
-            for (ord, count) in counts.into_iter().enumerate() {
-                if count > 0 && column.ord_to_str(ord as u64, &mut text).unwrap_or(false) {
-                    into.insert(text.clone(), count);
-                }
-            }
+            // One pass over the dictionary for every value that matched (a lookup per
+            // ordinal would decode its dictionary block again each time).
+            let matched: Vec<(u64, u64)> = counts
+                .into_iter()
+                .enumerate()
+                .filter(|(_, c)| *c > 0)
+                .map(|(ord, c)| (ord as u64, c))
+                .collect();
+            let mut next = matched.iter();
+            let _ = column.dictionary().sorted_ords_to_term_cb(
+                matched.iter().map(|(ord, _)| *ord),
+                |term| {
+                    if let Some((_, count)) = next.next() {
+                        into.insert(String::from_utf8_lossy(term).into_owned(), *count);
+                    }
+                    Ok(())
+                },
+            );
         }
         out
     }
