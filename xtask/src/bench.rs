@@ -71,7 +71,19 @@ records/s into the memory dev broker (641k/s with lz4; measured 2026-12-03) with
 and every event costs one such repartition record plus reading and decoding it twice (the \
 decode rows: about 1.7 µs an envelope), about 9 µs of machine time an event before any window \
 is counted: at most ~220k events/s, under 25x Quix (~285k/s) and far under 0.8x the bare \
-consumer.";
+consumer.
+- **search_indexer**: the real `search-indexer` binary (a child process, empty `DATA_DIR`, \
+default settings: index commits at least 200 ms apart, batches of 5,000 messages or 100 ms \
+per partition, one tantivy indexing thread with a 64 MB buffer) indexing 1M enriched \
+products (distinct ids, names and descriptions from word lists, two attributes, 500 brands, \
+6 categories) from `catalog.products-enriched.v1` (6 partitions, the dev broker with memory \
+storage). Its rate counts a document once the index commit holding its offset is done \
+(positions in `/status`), from the first such commit. Against, in the same run on the same \
+topic: a bare rdkafka `BaseConsumer` (no decoding, no commits). Latency: one client sends a \
+fixed mix of six searches (text, text with an order, brand and stock filters, category by \
+popularity, a price range by price, a deeper page) at a steady 50/s while the index is \
+built. Freshness: once caught up, 20 new products, each from the broker's acknowledgement \
+until `GET /v1/products/{id}` finds it.";
 
 pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
     let mut messages = "1000000".to_owned();
@@ -98,6 +110,7 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
         ("metrics-emitter", "throughput"),
         ("enrichment", "throughput"),
         ("aggregation", "throughput"),
+        ("search-indexer", "throughput"),
     ] {
         if only.as_ref().is_some_and(|o| o != package) {
             continue;
