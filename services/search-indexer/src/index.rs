@@ -15,14 +15,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use tantivy::collector::{Count, TopDocs};
+use tantivy::collector::Count;
 use tantivy::directory::MmapDirectory;
 use tantivy::query::TermQuery;
 use tantivy::schema::{
     FAST, Field, INDEXED, IndexRecordOption, STORED, STRING, Schema, TextFieldIndexing,
     TextOptions, Value,
 };
-use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, Searcher, TantivyDocument, Term};
+use tantivy::{
+    DocAddress, DocSet, Index, IndexReader, IndexWriter, ReloadPolicy, Searcher, TERMINATED,
+    TantivyDocument, Term,
+};
 use tributary_events::EnrichedProduct;
 
 /// The text analyzer of the full-text fields: words, lower-cased, English stems.
@@ -296,19 +299,30 @@ impl ProductIndex {
         searcher: &Searcher,
         product_id: &str,
     ) -> Result<Option<Entry>, IndexError> {
-        let query = TermQuery::new(
-            Term::from_field_text(self.fields.product_id, product_id),
-            IndexRecordOption::Basic,
-        );
-        let Some((_, address)) = searcher
-            .search(&query, &TopDocs::with_limit(1))?
-            .into_iter()
-            .next()
-        else {
-            return Ok(None);
-        };
-        let doc: TantivyDocument = searcher.doc(address)?;
-        Ok(Some(self.entry_of(&doc)))
+        // The id's postings straight from each segment: one term lookup per segment, no
+        // scoring or collector (this runs for every change, under the writer's lock).
+        let term = Term::from_field_text(self.fields.product_id, product_id);
+        for (ord, segment) in searcher.segment_readers().iter().enumerate() {
+            let postings = segment
+                .inverted_index(self.fields.product_id)?
+                .read_postings(&term, IndexRecordOption::Basic)
+                .map_err(|e| IndexError::Directory(format!("reading postings: {e}")))?;
+            let Some(mut postings) = postings else {
+                continue;
+            };
+            let mut doc = postings.doc();
+            while doc != TERMINATED {
+                if segment
+                    .alive_bitset()
+                    .is_none_or(|alive| alive.is_alive(doc))
+                {
+                    let stored: TantivyDocument = searcher.doc(DocAddress::new(ord as u32, doc))?;
+                    return Ok(Some(self.entry_of(&stored)));
+                }
+                doc = postings.advance();
+            }
+        }
+        Ok(None)
     }
 
     fn entry_of(&self, doc: &TantivyDocument) -> Entry {
