@@ -8,7 +8,9 @@
 //! written (atomically, by rename) before either changes, so a crash at any point restarts
 //! into a consistent pair: the live index keeps serving, an interrupted rebuild goes on.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -20,7 +22,7 @@ use tributary_runtime::rdkafka;
 use tributary_runtime::{Batching, Health, RuntimeError, ServiceSpec, Shutdown};
 
 use crate::index::ProductIndex;
-use crate::indexer::{Indexer, Inputs};
+use crate::indexer::{Failure, Indexer, Inputs};
 use crate::{ADMIN_PORT, NAME, SearchConfig};
 
 /// What `generations.json` holds.
@@ -42,6 +44,10 @@ pub struct Generation {
     /// Its consumer's health and `/status`.
     pub health: Health,
     stop: Shutdown,
+    /// Set before a swap or the service stops it: its consumer's end is then expected.
+    retiring: AtomicBool,
+    /// Why its index could not be written, when that stopped it.
+    failure: Arc<Mutex<Option<String>>>,
     /// How its consumer ended, once it did.
     ended: tokio::sync::watch::Receiver<Option<Result<(), String>>>,
 }
@@ -50,6 +56,7 @@ impl Generation {
     /// Stops its consumer (finishing and committing in-flight batches) and closes its
     /// index; returns how the consumer ended.
     async fn retire(&self) -> Result<(), String> {
+        self.retiring.store(true, Ordering::SeqCst);
         self.stop.trigger();
         let result = self.ended().await;
         self.index.close().await;
@@ -125,12 +132,15 @@ impl Generations {
             fatal: Mutex::new(None),
         });
         generations.watch_consumer(generations.live());
+        tokio::spawn(generations.clone().ready_when_caught_up(generations.live()));
         if let Some(number) = recorded.building {
             tracing::info!(generation = number, "Resuming an interrupted rebuild");
-            generations
-                .begin(number)
-                .await
-                .map_err(|e| anyhow::anyhow!("resuming the rebuild of generation {number}: {e}"))?;
+            let mut building = generations.building.lock().await;
+            if let Err(e) = generations.begin(&mut building, number).await {
+                // The live index serves regardless; the rebuild is given up, not retried in
+                // a crash loop.
+                tracing::error!(generation = number, error = %e, "Cannot resume the rebuild; giving it up");
+            }
         } else if generations.config.rebuild {
             generations
                 .rebuild()
@@ -168,13 +178,13 @@ impl Generations {
 
     /// Starts building the next generation beside the live one; returns its number.
     pub async fn rebuild(self: &Arc<Self>) -> Result<u64, RebuildError> {
-        let number = {
-            let building = self.building.lock().await;
-            if let Some(b) = building.as_ref() {
-                return Err(RebuildError::InProgress(b.number));
-            }
-            self.live().number + 1
-        };
+        // Held throughout: of two requests at once, one starts the rebuild and the other is
+        // told it runs.
+        let mut building = self.building.lock().await;
+        if let Some(b) = building.as_ref() {
+            return Err(RebuildError::InProgress(b.number));
+        }
+        let number = self.live().number + 1;
         // A directory left by a crash before the rebuild was recorded is not ours.
         let dir = index_dir(&self.config.runtime.data_dir, number);
         if dir.exists() {
@@ -182,32 +192,42 @@ impl Generations {
                 RebuildError::Failed(anyhow::anyhow!("removing {}: {e}", dir.display()))
             })?;
         }
-        self.begin(number).await?;
+        self.begin(&mut building, number).await?;
         Ok(number)
     }
 
-    async fn begin(self: &Arc<Self>, number: u64) -> Result<(), RebuildError> {
+    /// Starts generation `number` beside the live one, records it as building, and follows
+    /// it; on failure nothing is left recorded or running.
+    async fn begin(
+        self: &Arc<Self>,
+        building: &mut Option<Arc<Generation>>,
+        number: u64,
+    ) -> Result<(), RebuildError> {
         if self.shutdown.is_triggered() {
             return Err(RebuildError::Stopping);
         }
-        let mut building = self.building.lock().await;
         if let Some(b) = building.as_ref() {
             return Err(RebuildError::InProgress(b.number));
         }
+        let live = self.live().number;
         write_recorded(
             &self.config.runtime.data_dir,
             Recorded {
-                live: self.live().number,
+                live,
                 building: Some(number),
             },
         )
         .map_err(RebuildError::Failed)?;
-        let generation = start_generation(&self.config, &self.base_group, number, &self.shutdown)
-            .await
-            .map_err(RebuildError::Failed)?;
+        let started = start_generation(&self.config, &self.base_group, number, &self.shutdown);
+        let generation = match started.await {
+            Ok(g) => g,
+            Err(e) => {
+                self.abandon_record(number);
+                return Err(RebuildError::Failed(e));
+            }
+        };
         tracing::info!(generation = number, group = %generation.group, "Rebuilding the index from offset 0 beside the live one");
         *building = Some(generation.clone());
-        drop(building);
         self.watch_consumer(generation.clone());
         *lock(&self.rebuild) = json!({
             "state": "building",
@@ -220,75 +240,171 @@ impl Generations {
         Ok(())
     }
 
-    /// Stops the service when a generation's consumer ends on its own (a fatal error), so
-    /// that the orchestrator restarts it rather than leave it serving a stale index.
+    /// Forgets a rebuild: recorded as not building, its directory removed.
+    fn abandon_record(&self, number: u64) {
+        let data_dir = &self.config.runtime.data_dir;
+        let live = self.live().number;
+        let recorded = Recorded {
+            live,
+            building: None,
+        };
+        if let Err(e) = write_recorded(data_dir, recorded) {
+            tracing::error!(
+                error = format!("{e:#}"),
+                "Cannot record the given-up rebuild"
+            );
+        }
+        let dir = index_dir(data_dir, number);
+        if let Err(e) = std::fs::remove_dir_all(&dir) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(dir = %dir.display(), error = %e, "Cannot remove the given-up index");
+            }
+        }
+    }
+
+    /// Gives up the rebuild of `generation` (its consumer failed): the live index goes on.
+    async fn abandon(&self, generation: &Arc<Generation>, reason: &str) {
+        let mut building = self.building.lock().await;
+        if building.as_ref().map(|g| g.number) != Some(generation.number) {
+            return;
+        }
+        *building = None;
+        drop(building);
+        let _ = generation.retire().await;
+        self.abandon_record(generation.number);
+        tracing::error!(
+            generation = generation.number,
+            error = reason,
+            "The rebuild failed and was given up; the live index goes on"
+        );
+        *lock(&self.rebuild) = json!({
+            "state": "failed",
+            "generation": generation.number,
+            "error": reason,
+            "failed_at": chrono::Utc::now().to_rfc3339(),
+        });
+        self.publish_status();
+    }
+
+    /// Watches a generation's consumer: one that ends without being retired failed (its
+    /// index cannot be written). A building generation is given up; the live one stops the
+    /// service, so that the orchestrator restarts it rather than leave it serving an index
+    /// that no longer changes.
     fn watch_consumer(self: &Arc<Self>, generation: Arc<Generation>) {
         let this = self.clone();
         tokio::spawn(async move {
-            let reason = tokio::select! {
-                r = generation.ended() => match r {
-                    Ok(()) => "its consumer stopped".to_owned(),
-                    Err(e) => e,
-                },
-                _ = this.shutdown.wait() => return,
+            let ended = generation.ended().await;
+            let failure = lock(&generation.failure).clone();
+            let reason = match (failure, ended) {
+                (Some(reason), _) => reason,
+                (None, Ok(())) => "its consumer stopped".to_owned(),
+                (None, Err(e)) => e,
             };
-            if generation.stop.is_triggered() || this.shutdown.is_triggered() {
-                return; // retired by a swap, or the service is stopping
+            if generation.retiring.load(Ordering::SeqCst) || this.shutdown.is_triggered() {
+                // Replaced by a swap or given up; or the service is stopping, and its
+                // wait reports how each consumer ended.
+                return;
             }
-            tracing::error!(generation = generation.number, error = %reason, "Index generation failed; stopping");
+            if this.live().number != generation.number {
+                this.abandon(&generation, &reason).await;
+                return;
+            }
+            tracing::error!(generation = generation.number, error = %reason, "The live index generation failed; stopping");
             lock(&this.fatal).get_or_insert(format!("generation {}: {reason}", generation.number));
             this.shutdown.trigger();
         });
+    }
+
+    /// Holds the live generation's readiness until its index covers every input partition
+    /// up to the high watermark seen when it started: a new or emptied `DATA_DIR` does not
+    /// serve a partial index as if it were whole.
+    async fn ready_when_caught_up(self: Arc<Self>, generation: Arc<Generation>) {
+        const BLOCKER: &str = "index";
+        let reason = "index catching up with its inputs".to_owned();
+        generation.health.set_blocker(BLOCKER, Some(reason));
+        let client = self.client().await;
+        let Some(target) = self.ends(&client).await else {
+            return; // stopping
+        };
+        loop {
+            let durable = generation.index.durable_offsets();
+            if behind(&durable, &target).0 == 0 {
+                generation.health.set_blocker(BLOCKER, None);
+                return;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                _ = self.shutdown.wait() => return,
+            }
+        }
+    }
+
+    /// A metadata client, retried until one can be made.
+    async fn client(&self) -> Arc<BaseConsumer> {
+        let mut delay = Duration::from_millis(250);
+        loop {
+            let made = self
+                .config
+                .runtime
+                .admin_config(NAME)
+                .map_err(|e| e.to_string())
+                .and_then(|c| c.create::<BaseConsumer>().map_err(|e| e.to_string()));
+            match made {
+                Ok(client) => return Arc::new(client),
+                Err(e) => {
+                    tracing::warn!(error = %e, "Cannot create a metadata client; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+    }
+
+    /// Every input partition's low and high watermarks, retried until every configured
+    /// input answers (a topic missing or in error is not "nothing to catch up with");
+    /// `None` once the service stops.
+    async fn ends(&self, client: &Arc<BaseConsumer>) -> Option<Vec<PartitionEnds>> {
+        let topics: Vec<String> = self
+            .config
+            .inputs()
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
+        loop {
+            let (c, t) = (client.clone(), topics.clone());
+            match tokio::task::spawn_blocking(move || partition_ends(&c, &t)).await {
+                Ok(Ok(ends)) => return Some(ends),
+                Ok(Err(e)) => tracing::debug!(error = %e, "Input watermarks not available yet"),
+                Err(e) => tracing::warn!(error = %e, "Watermark task failed"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                _ = self.shutdown.wait() => return None,
+            }
+        }
     }
 
     /// Follows a building generation until its durable index covers every input
     /// partition up to the high watermark, then swaps it in.
     async fn follow(self: Arc<Self>, generation: Arc<Generation>) {
         let started = Instant::now();
-        let client: Option<BaseConsumer> = self
-            .config
-            .runtime
-            .admin_config(NAME)
-            .ok()
-            .and_then(|c| c.create().ok());
-        let Some(client) = client.map(Arc::new) else {
-            tracing::error!("Cannot create a client to follow the rebuild");
-            return;
-        };
-        let topics = self
-            .config
-            .inputs()
-            .into_iter()
-            .map(|t| t.to_owned())
-            .collect::<Vec<_>>();
+        let client = self.client().await;
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_millis(250)) => {}
                 _ = self.shutdown.wait() => return,
             }
-            if generation.stop.is_triggered() {
+            if generation.retiring.load(Ordering::SeqCst) {
                 return;
             }
+            // The durable offsets first: a high watermark read after them can only be
+            // higher, which errs towards "behind".
             let durable = generation.index.durable_offsets();
-            let c = client.clone();
-            let topics = topics.clone();
-            let ends = tokio::task::spawn_blocking(move || partition_ends(&c, &topics)).await;
-            let Ok(Ok(ends)) = ends else {
-                continue; // broker unreachable: try again
+            let Some(ends) = self.ends(&client).await else {
+                return;
             };
-            let mut lag = 0i64;
-            let mut behind = 0usize;
-            for ((topic, partition), (low, high)) in &ends {
-                let at = durable
-                    .get(&(topic.clone(), *partition))
-                    .copied()
-                    .unwrap_or(*low);
-                if at < *high {
-                    behind += 1;
-                    lag += high - at;
-                }
-            }
-            let caught_up = behind == 0 && !ends.is_empty();
+            let (behind, lag) = behind(&durable, &ends);
+            let caught_up = behind == 0;
             *lock(&self.rebuild) = json!({
                 "state": if caught_up { "swapping" } else { "building" },
                 "generation": generation.number,
@@ -313,18 +429,22 @@ impl Generations {
             if building.as_ref().map(|g| g.number) != Some(generation.number) {
                 return;
             }
-            if let Err(e) = write_recorded(
+            // The swap is recorded before it happens; until it can be, the new index keeps
+            // building beside the live one.
+            let mut delay = Duration::from_millis(250);
+            while let Err(e) = write_recorded(
                 &self.config.runtime.data_dir,
                 Recorded {
                     live: generation.number,
                     building: None,
                 },
             ) {
-                tracing::error!(
-                    error = format!("{e:#}"),
-                    "Cannot record the swap; the rebuild stays beside the live index"
-                );
-                return;
+                tracing::error!(error = format!("{e:#}"), "Cannot record the swap; retrying");
+                if self.shutdown.is_triggered() {
+                    return;
+                }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(10));
             }
             let old = std::mem::replace(
                 &mut *self.live.write().unwrap_or_else(|e| e.into_inner()),
@@ -413,9 +533,13 @@ impl Generations {
     /// Waits until every generation's consumer stopped (after the shutdown fired).
     pub async fn wait(&self) -> Result<(), RuntimeError> {
         self.shutdown.wait().await;
-        let building = self.building.lock().await.clone();
+        let (live, building) = {
+            // Both read under the lock a swap holds, so neither is missed nor doubled.
+            let building = self.building.lock().await;
+            (self.live(), building.clone())
+        };
         let mut result = Ok(());
-        for generation in [Some(self.live()), building].into_iter().flatten() {
+        for generation in [Some(live), building].into_iter().flatten() {
             if let Err(e) = generation.retire().await {
                 tracing::warn!(generation = generation.number, error = %e, "Index generation stopped uncleanly");
                 result = Err(RuntimeError::Unclean(vec![format!(
@@ -431,21 +555,44 @@ impl Generations {
     }
 }
 
-/// Every partition of `topics` that exists, with its low and high watermarks.
-fn partition_ends(
-    client: &BaseConsumer,
-    topics: &[String],
-) -> Result<Vec<((String, i32), (i64, i64))>, rdkafka::error::KafkaError> {
+/// One input partition and its low and high watermarks.
+type PartitionEnds = ((String, i32), (i64, i64));
+
+/// How many partitions `durable` (next offsets) is behind `ends` on, and by how many
+/// records in all. A partition without a durable offset is at its low watermark.
+fn behind(durable: &BTreeMap<(String, i32), i64>, ends: &[PartitionEnds]) -> (usize, i64) {
+    let mut partitions = 0;
+    let mut lag = 0;
+    for (key, (low, high)) in ends {
+        let at = durable.get(key).copied().unwrap_or(*low);
+        if at < *high {
+            partitions += 1;
+            lag += high - at;
+        }
+    }
+    (partitions, lag)
+}
+
+/// Every partition of every topic of `topics`, with its low and high watermarks; an error
+/// when a topic is missing, in error or without partitions (its data may exist).
+fn partition_ends(client: &BaseConsumer, topics: &[String]) -> Result<Vec<PartitionEnds>, String> {
     let timeout = Duration::from_secs(5);
     let mut ends = Vec::new();
     for topic in topics {
-        let metadata = client.fetch_metadata(Some(topic), timeout)?;
+        let metadata = client
+            .fetch_metadata(Some(topic), timeout)
+            .map_err(|e| format!("{topic}: {e}"))?;
         for t in metadata.topics() {
-            if t.error().is_some() {
-                continue; // not created yet: nothing to catch up with
+            if let Some(e) = t.error() {
+                return Err(format!("{topic}: {e:?}"));
+            }
+            if t.partitions().is_empty() {
+                return Err(format!("{topic}: no partitions"));
             }
             for p in t.partitions() {
-                let (low, high) = client.fetch_watermarks(topic, p.id(), timeout)?;
+                let (low, high) = client
+                    .fetch_watermarks(topic, p.id(), timeout)
+                    .map_err(|e| format!("{topic}/{}: {e}", p.id()))?;
                 ends.push(((topic.clone(), p.id()), (low, high)));
             }
         }
@@ -490,6 +637,11 @@ async fn start_generation(
     // consumer answers on a loopback port nobody needs.
     runtime.admin_addr = Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
     let spec = ServiceSpec::new(NAME, &config.inputs(), ADMIN_PORT);
+    let stop = Shutdown::new();
+    let failure = Failure {
+        reason: Arc::new(Mutex::new(None)),
+        stop: stop.clone(),
+    };
     let indexer = Indexer::new(
         index.clone(),
         Inputs {
@@ -500,8 +652,8 @@ async fn start_generation(
             max_messages: config.batch_messages.max(1),
             max_wait: Duration::from_millis(config.batch_ms.max(1)),
         },
+        failure.clone(),
     );
-    let stop = Shutdown::new();
     {
         let (stop, parent) = (stop.clone(), parent.clone());
         tokio::spawn(async move {
@@ -524,6 +676,8 @@ async fn start_generation(
         index,
         health,
         stop,
+        failure: failure.reason,
+        retiring: AtomicBool::new(false),
         ended,
     }))
 }

@@ -6,7 +6,9 @@
 //! A product id has at most one document. A complete product is indexed in full; a product
 //! that is unknown, incomplete or deleted but has a popularity keeps a placeholder document
 //! holding only the popularity (never searchable), so that the popularity survives a
-//! restart with the offsets that produced it.
+//! restart with the offsets that produced it. Every change commutes with the changes of the
+//! other input (product values touch only the product, window scores only the popularity),
+//! so a replay after a crash, which interleaves the two topics differently, ends the same.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -69,10 +71,18 @@ pub struct Fields {
     pub currency: Field,
     /// Stock quantity.
     pub stock: Field,
-    /// Popularity score.
+    /// Popularity: the sort key (the larger of the latest window's score and the hour's
+    /// before).
     pub popularity: Field,
-    /// Start of the window the popularity comes from (ms since the epoch).
+    /// Start of the latest window (ms since the epoch).
     pub popularity_window: Field,
+    /// Score of the latest window.
+    pub popularity_latest: Field,
+    /// Score of the window the hour before it.
+    pub popularity_previous: Field,
+    /// A hash of the product id: the last tie-break of every order, so that pages are
+    /// stable while documents move between segments.
+    pub tiebreak: Field,
     /// 1 for a searchable (complete) product, 0 for a placeholder.
     pub complete: Field,
     /// The enriched product as JSON (what `GET /v1/products/{id}` returns).
@@ -99,19 +109,80 @@ pub fn schema() -> (Schema, Fields) {
         stock: builder.add_u64_field("stock", INDEXED | FAST | STORED),
         popularity: builder.add_u64_field("popularity", FAST | STORED),
         popularity_window: builder.add_i64_field("popularity_window", STORED),
+        popularity_latest: builder.add_u64_field("popularity_latest", STORED),
+        popularity_previous: builder.add_u64_field("popularity_previous", STORED),
+        tiebreak: builder.add_u64_field("tiebreak", FAST),
         complete: builder.add_u64_field("complete", INDEXED),
         document: builder.add_bytes_field("document", STORED),
     };
     (builder.build(), fields)
 }
 
-/// A product's popularity: a score of its latest 1-hour window of activity.
+/// One window's activity score for a product.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Popularity {
-    /// Start of the window it was computed from, ms since the epoch.
+pub struct WindowScore {
+    /// Start of the 1-hour window, ms since the epoch.
     pub window_start_ms: i64,
     /// `views + 5 × cart additions + 20 × units ordered` in that window.
     pub score: u64,
+}
+
+const HOUR_MS: i64 = 3_600_000;
+
+/// A product's popularity: its latest 1-hour window's score and the score of the hour
+/// before, so that it does not drop to nearly nothing when a new hour starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Popularity {
+    /// Start of the latest window, ms since the epoch.
+    pub window_start_ms: i64,
+    /// Its score so far.
+    pub score: u64,
+    /// The score of the window one hour before it (0 when none was seen).
+    pub previous: u64,
+}
+
+impl Popularity {
+    /// What search orders by.
+    pub fn value(&self) -> u64 {
+        self.score.max(self.previous)
+    }
+
+    /// `held` updated by a window's score; `None` when it changes nothing. The result does
+    /// not depend on the order in which different windows arrive (each window's own
+    /// values arrive in order: they share a key, so a partition).
+    pub fn merge(held: Option<Popularity>, w: WindowScore) -> Option<Popularity> {
+        let Some(held) = held else {
+            return Some(Popularity {
+                window_start_ms: w.window_start_ms,
+                score: w.score,
+                previous: 0,
+            });
+        };
+        let next = if w.window_start_ms > held.window_start_ms {
+            Popularity {
+                window_start_ms: w.window_start_ms,
+                score: w.score,
+                previous: if held.window_start_ms == w.window_start_ms - HOUR_MS {
+                    held.score
+                } else {
+                    0
+                },
+            }
+        } else if w.window_start_ms == held.window_start_ms {
+            Popularity {
+                score: w.score,
+                ..held
+            }
+        } else if w.window_start_ms == held.window_start_ms - HOUR_MS {
+            Popularity {
+                previous: w.score,
+                ..held
+            }
+        } else {
+            held // older than the hour before: no longer counts
+        };
+        (next != held).then_some(next)
+    }
 }
 
 /// What the index holds for one product id.
@@ -127,12 +198,11 @@ pub struct Entry {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Change {
     /// The product's latest enriched value: `Some` when complete, `None` when it is
-    /// incomplete or deleted (it leaves the index).
-    Product(Option<EnrichedProduct>),
-    /// A deleted product: its document and popularity go.
-    Deleted,
-    /// A popularity from a window; an older window than the one held changes nothing.
-    Popularity(Popularity),
+    /// incomplete or deleted (it leaves the search; its popularity stays, since a window
+    /// of the other input may have been applied after it and would not be read again).
+    Product(Option<Box<EnrichedProduct>>),
+    /// A window's score (see [`Popularity::merge`]).
+    Popularity(WindowScore),
 }
 
 /// The commit payload: every input partition's next offset.
@@ -331,15 +401,14 @@ impl ProductIndex {
             .get_first(f.document)
             .and_then(|v| v.as_bytes())
             .and_then(|bytes| serde_json::from_slice::<EnrichedProduct>(bytes).ok());
+        let number = |field| doc.get_first(field).and_then(|v| v.as_u64()).unwrap_or(0);
         let popularity = doc
             .get_first(f.popularity_window)
             .and_then(|v| v.as_i64())
             .map(|window_start_ms| Popularity {
                 window_start_ms,
-                score: doc
-                    .get_first(f.popularity)
-                    .and_then(|v| v.as_u64())
-                    .unwrap_or(0),
+                score: number(f.popularity_latest),
+                previous: number(f.popularity_previous),
             });
         Entry {
             product,
@@ -347,10 +416,11 @@ impl ProductIndex {
         }
     }
 
-    fn document_of(&self, id: &str, entry: &Entry) -> TantivyDocument {
+    fn document_of(&self, id: &str, entry: &Entry) -> Result<TantivyDocument, IndexError> {
         let f = &self.fields;
         let mut doc = TantivyDocument::new();
         doc.add_text(f.product_id, id);
+        doc.add_u64(f.tiebreak, fnv1a(id.as_bytes()));
         if let Some(p) = &entry.product {
             doc.add_u64(f.complete, 1);
             doc.add_text(f.name, &p.product.name);
@@ -367,20 +437,19 @@ impl ProductIndex {
                 doc.add_text(f.currency, &price.currency);
             }
             doc.add_u64(f.stock, p.stock.unwrap_or(0));
-            let json = serde_json::to_vec(p).expect("an enriched product serialises");
+            let json = serde_json::to_vec(p)
+                .map_err(|e| IndexError::Payload(format!("product {id}: {e}")))?;
             doc.add_bytes(f.document, &json);
         } else {
             doc.add_u64(f.complete, 0);
         }
-        let popularity = entry.popularity.unwrap_or(Popularity {
-            window_start_ms: i64::MIN,
-            score: 0,
-        });
-        doc.add_u64(f.popularity, popularity.score);
-        if entry.popularity.is_some() {
-            doc.add_i64(f.popularity_window, popularity.window_start_ms);
+        doc.add_u64(f.popularity, entry.popularity.map_or(0, |p| p.value()));
+        if let Some(p) = entry.popularity {
+            doc.add_i64(f.popularity_window, p.window_start_ms);
+            doc.add_u64(f.popularity_latest, p.score);
+            doc.add_u64(f.popularity_previous, p.previous);
         }
-        doc
+        Ok(doc)
     }
 
     /// Applies a change to `product_id`. Visible to searches after the next commit.
@@ -392,27 +461,27 @@ impl ProductIndex {
         };
         let mut next = current.clone().unwrap_or_default();
         match change {
-            Change::Product(product) => next.product = product,
-            Change::Deleted => next = Entry::default(),
-            Change::Popularity(p) => {
-                if next
-                    .popularity
-                    .is_some_and(|held| held.window_start_ms > p.window_start_ms)
-                {
-                    return Ok(());
-                }
-                next.popularity = Some(p);
-            }
+            Change::Product(product) => next.product = product.map(|p| *p),
+            Change::Popularity(w) => match Popularity::merge(next.popularity, w) {
+                Some(p) => next.popularity = Some(p),
+                None => return Ok(()),
+            },
         }
         let next = (next != Entry::default()).then_some(next);
         if next == current {
             return Ok(());
         }
+        // The new document is built before anything is queued: a delete must never go
+        // without its add.
+        let document = next
+            .as_ref()
+            .map(|entry| self.document_of(product_id, entry))
+            .transpose()?;
         let writer = inner.writer.as_ref().ok_or(IndexError::Closed)?;
         // The delete's opstamp is below the add's: it removes the old document only.
         writer.delete_term(Term::from_field_text(self.fields.product_id, product_id));
-        if let Some(entry) = &next {
-            writer.add_document(self.document_of(product_id, entry))?;
+        if let Some(document) = document {
+            writer.add_document(document)?;
         }
         inner.pending.insert(product_id.to_owned(), next);
         Ok(())
@@ -463,11 +532,15 @@ impl ProductIndex {
                 let mut prepared = writer.prepare_commit()?;
                 prepared.set_payload(&payload);
                 prepared.commit()?;
-                reader.reload()?;
                 Ok::<(), IndexError>(())
             })();
             if result.is_ok() {
-                inner.pending.clear();
+                // The commit is durable. Pending entries are only forgotten once searches
+                // (and lookups) see it; a failed reload keeps them for the next commit.
+                match reader.reload() {
+                    Ok(()) => inner.pending.clear(),
+                    Err(e) => tracing::warn!(error = %e, "Index reader reload failed; retried at the next commit"),
+                }
             }
             (inner, result)
         })
@@ -490,6 +563,14 @@ impl ProductIndex {
             let _ = tokio::task::spawn_blocking(move || writer.wait_merging_threads()).await;
         }
     }
+}
+
+/// FNV-1a: a stable 64-bit hash (the tie-break is stored in the index, so it must not
+/// change between builds).
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -530,7 +611,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let index = ProductIndex::open(dir.path(), 20_000_000, Duration::ZERO).unwrap();
         index
-            .apply("p1", Change::Product(Some(product("p1", "Red shoe"))))
+            .apply(
+                "p1",
+                Change::Product(Some(Box::new(product("p1", "Red shoe")))),
+            )
             .await
             .unwrap();
         assert!(index.get("p1").unwrap().is_none(), "visible before commit");
@@ -547,7 +631,10 @@ mod tests {
             "Red shoe"
         );
         index
-            .apply("p2", Change::Product(Some(product("p2", "Blue shoe"))))
+            .apply(
+                "p2",
+                Change::Product(Some(Box::new(product("p2", "Blue shoe")))),
+            )
             .await
             .unwrap();
         index.close().await;
@@ -560,42 +647,94 @@ mod tests {
         assert_eq!(index.documents(), 1);
     }
 
+    fn window(hour: i64, score: u64) -> WindowScore {
+        WindowScore {
+            window_start_ms: hour * HOUR_MS,
+            score,
+        }
+    }
+
+    #[test]
+    fn popularity_keeps_the_hour_before_and_ends_the_same_in_any_order_of_windows() {
+        let updates = [
+            window(5, 3),
+            window(6, 1),
+            window(5, 9),
+            window(6, 4),
+            window(3, 100),
+        ];
+        let merged = |order: &[usize]| {
+            order.iter().fold(None, |held, &i| {
+                Popularity::merge(held, updates[i]).or(held)
+            })
+        };
+        // Each window's own values keep their order (5: 3 then 9; 6: 1 then 4).
+        let expected = merged(&[0, 1, 2, 3, 4]);
+        assert_eq!(
+            expected,
+            Some(Popularity {
+                window_start_ms: 6 * HOUR_MS,
+                score: 4,
+                previous: 9
+            })
+        );
+        assert_eq!(expected.unwrap().value(), 9, "a new hour does not drop it");
+        for order in [
+            [1, 3, 0, 2, 4],
+            [4, 0, 1, 2, 3],
+            [1, 0, 3, 4, 2],
+            [0, 2, 4, 1, 3],
+        ] {
+            assert_eq!(merged(&order), expected, "{order:?}");
+        }
+        // Two hours on, the old ones no longer count.
+        let later = Popularity::merge(expected, window(8, 2)).unwrap();
+        assert_eq!((later.score, later.previous, later.value()), (2, 0, 2));
+    }
+
     #[tokio::test]
-    async fn popularity_outlives_an_incomplete_product_and_an_older_window_changes_nothing() {
+    async fn popularity_outlives_an_incomplete_or_deleted_product_and_an_older_window_changes_nothing()
+     {
         let dir = tempfile::tempdir().unwrap();
         let index = ProductIndex::open(dir.path(), 20_000_000, Duration::ZERO).unwrap();
-        let newer = Popularity {
-            window_start_ms: 7_200_000,
-            score: 9,
-        };
-        let older = Popularity {
-            window_start_ms: 3_600_000,
-            score: 50,
-        };
-        index.apply("p1", Change::Popularity(newer)).await.unwrap();
-        index.apply("p1", Change::Popularity(older)).await.unwrap();
+        index
+            .apply("p1", Change::Popularity(window(2, 9)))
+            .await
+            .unwrap();
+        index
+            .apply("p1", Change::Popularity(window(0, 50)))
+            .await
+            .unwrap();
         index.commit(&[]).await.unwrap();
         assert_eq!(index.documents(), 0, "a placeholder is not searchable");
-        let entry = index.get("p1").unwrap().unwrap();
-        assert_eq!(entry.popularity, Some(newer));
+        let held = Popularity {
+            window_start_ms: 2 * HOUR_MS,
+            score: 9,
+            previous: 0,
+        };
+        assert_eq!(index.get("p1").unwrap().unwrap().popularity, Some(held));
         index
-            .apply("p1", Change::Product(Some(product("p1", "Shoe"))))
+            .apply("p1", Change::Product(Some(Box::new(product("p1", "Shoe")))))
             .await
             .unwrap();
         index.commit(&[]).await.unwrap();
         let entry = index.get("p1").unwrap().unwrap();
-        assert_eq!(entry.popularity, Some(newer));
+        assert_eq!(entry.popularity, Some(held));
         assert!(entry.product.is_some());
+        assert_eq!(index.documents(), 1);
+        // Incomplete or deleted: out of the search, the popularity kept.
         index.apply("p1", Change::Product(None)).await.unwrap();
         index.commit(&[]).await.unwrap();
-        assert_eq!(
-            index.documents(),
-            0,
-            "an incomplete product leaves the index"
-        );
-        assert_eq!(index.get("p1").unwrap().unwrap().popularity, Some(newer));
-        index.apply("p1", Change::Deleted).await.unwrap();
+        assert_eq!(index.documents(), 0);
+        let entry = index.get("p1").unwrap().unwrap();
+        assert_eq!((entry.product, entry.popularity), (None, Some(held)));
+        // A product without popularity leaves no document at all.
+        index
+            .apply("p2", Change::Product(Some(Box::new(product("p2", "Hat")))))
+            .await
+            .unwrap();
+        index.apply("p2", Change::Product(None)).await.unwrap();
         index.commit(&[]).await.unwrap();
-        assert!(index.get("p1").unwrap().is_none());
+        assert!(index.get("p2").unwrap().is_none());
     }
 }

@@ -12,7 +12,7 @@ use tributary_runtime::{
     Batching, Incoming, Output, PartitionId, ProcessError, Processor, ServiceContext, StartFrom,
 };
 
-use crate::index::{Change, IndexError, Popularity, ProductIndex};
+use crate::index::{Change, ProductIndex, WindowScore};
 
 /// What the indexer reads.
 #[derive(Debug, Clone)]
@@ -31,11 +31,35 @@ pub fn popularity_score(views: u64, carts: u64, units: u64) -> u64 {
         .saturating_add(units.saturating_mul(20))
 }
 
+/// How an indexer reports that its index can no longer be written: the reason is kept and
+/// the generation's consumer stopped (its owner then gives the generation up or stops the
+/// service). A message is never dead-lettered for the index's fault.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    /// Why, once it failed.
+    pub reason: Arc<std::sync::Mutex<Option<String>>>,
+    /// The generation's consumer's stop.
+    pub stop: tributary_runtime::Shutdown,
+}
+
+impl Failure {
+    fn fail(&self, reason: String) {
+        let mut held = self.reason.lock().unwrap_or_else(|e| e.into_inner());
+        if held.is_none() {
+            tracing::error!(error = %reason, "The index cannot be written; stopping its consumer");
+            *held = Some(reason);
+        }
+        drop(held);
+        self.stop.trigger();
+    }
+}
+
 /// The processor of one index generation.
 pub struct Indexer {
     index: Arc<ProductIndex>,
     inputs: Inputs,
     batching: Batching,
+    failure: Failure,
     /// A client for the partitions' low watermarks (where an empty index starts).
     client: OnceLock<rdkafka::producer::FutureProducer>,
 }
@@ -51,11 +75,17 @@ impl std::fmt::Debug for Indexer {
 
 impl Indexer {
     /// An indexer writing to `index`.
-    pub fn new(index: Arc<ProductIndex>, inputs: Inputs, batching: Batching) -> Indexer {
+    pub fn new(
+        index: Arc<ProductIndex>,
+        inputs: Inputs,
+        batching: Batching,
+        failure: Failure,
+    ) -> Indexer {
         Indexer {
             index,
             inputs,
             batching,
+            failure,
             client: OnceLock::new(),
         }
     }
@@ -73,7 +103,7 @@ impl Indexer {
                             "a tombstone without a valid product id as its key".into(),
                         )
                     })?;
-                return Ok(Some((key.to_owned(), Change::Deleted)));
+                return Ok(Some((key.to_owned(), Change::Product(None))));
             };
             let Event::ProductEnriched(enriched) = &envelope.event else {
                 return Err(ProcessError::Permanent(format!(
@@ -85,7 +115,7 @@ impl Indexer {
             // Only a complete product is searchable: price and stock known.
             let complete =
                 enriched.complete && enriched.price.is_some() && enriched.stock.is_some();
-            let change = Change::Product(complete.then(|| enriched.clone()));
+            let change = Change::Product(complete.then(|| Box::new(enriched.clone())));
             return Ok(Some((id, change)));
         }
         if topic == self.inputs.aggregates {
@@ -101,7 +131,7 @@ impl Indexer {
             if w.dim != Dimension::Product || w.window != WindowSize::Hour {
                 return Ok(None);
             }
-            let popularity = Popularity {
+            let popularity = WindowScore {
                 window_start_ms: w.start.timestamp_millis(),
                 score: popularity_score(w.views, w.carts, w.units),
             };
@@ -127,15 +157,15 @@ impl Indexer {
     }
 }
 
-fn blocked(e: IndexError) -> ProcessError {
-    // The message is fine; the index is not writable. Never dead-letter it.
-    ProcessError::Blocked(e.to_string())
-}
-
 impl Processor for Indexer {
     async fn process(&self, message: Incoming) -> Result<Vec<Output>, ProcessError> {
         if let Some((id, change)) = self.change_of(&message)? {
-            self.index.apply(&id, change).await.map_err(blocked)?;
+            if let Err(e) = self.index.apply(&id, change).await {
+                // The message is fine; the index is not (its writer died, its disk is
+                // full): the message waits, uncommitted, while the consumer stops.
+                self.failure.fail(format!("index write failed: {e}"));
+                return Err(ProcessError::Blocked(e.to_string()));
+            }
             metrics::counter!("search.index.changes", "topic" => message.topic.to_string())
                 .increment(1);
         }
@@ -169,9 +199,10 @@ impl Processor for Indexer {
             .iter()
             .map(|(p, o)| (p.topic.to_string(), p.partition, *o))
             .collect();
-        self.index
-            .commit(&offsets)
-            .await
-            .map_err(|e| ProcessError::Permanent(format!("index commit failed: {e}")))
+        self.index.commit(&offsets).await.map_err(|e| {
+            let reason = format!("index commit failed: {e}");
+            self.failure.fail(reason.clone());
+            ProcessError::Permanent(reason)
+        })
     }
 }

@@ -29,6 +29,19 @@ pub const MAX_Q_WORDS: usize = 32;
 /// Values per facet at most (the most frequent).
 pub const MAX_FACET_VALUES: usize = 100;
 
+/// The parameters of a search (CONTRACTS.md).
+pub const PARAMETERS: [&str; 9] = [
+    "q",
+    "brand",
+    "category",
+    "min_price",
+    "max_price",
+    "in_stock",
+    "sort",
+    "limit",
+    "offset",
+];
+
 /// The order of hits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Sort {
@@ -106,6 +119,13 @@ pub fn parse(raw: Option<&str>) -> Result<SearchParams, BadParameter> {
         .map_err(|e| bad("query", format!("not a valid query string: {e}")))?;
     let mut params: BTreeMap<&str, &str> = BTreeMap::new();
     for (k, v) in &pairs {
+        if !PARAMETERS.contains(&k.as_str()) {
+            // A misspelt filter would otherwise answer unfiltered, as if it had applied.
+            return Err(bad(
+                k,
+                format!("unknown parameter; known: {}", PARAMETERS.join(", ")),
+            ));
+        }
         if params.insert(k.as_str(), v.as_str()).is_some() {
             return Err(bad(k, "given more than once"));
         }
@@ -340,19 +360,26 @@ pub fn search(index: &ProductIndex, params: &SearchParams) -> Result<Value, Sear
                 Sort::PriceAsc | Sort::PriceDesc => column("retail_minor"),
                 Sort::Popularity => column("popularity"),
             };
+            let tiebreak = column("tiebreak");
             move |doc: DocId, score: Score| {
                 let value = key.as_ref().map_or(0, |c| c.get_val(doc));
                 let primary = match sort {
                     Sort::PriceAsc => u64::MAX - value,
                     _ => value,
                 };
-                (primary, score)
+                // Ties end on the product, not on where its document sits (segments
+                // change with every commit and merge): pages do not skip or repeat.
+                (
+                    primary,
+                    score,
+                    tiebreak.as_ref().map_or(0, |c| c.get_val(doc)),
+                )
             }
         });
     let (hits, total, facets) =
         searcher.search(&query, &(top, Count, Facets::new(["brand_id", "category"])))?;
     let mut out = Vec::with_capacity(hits.len());
-    for ((_, score), address) in hits {
+    for ((_, score, _), address) in hits {
         let doc: TantivyDocument = searcher.doc(address)?;
         let text = |field| {
             doc.get_first(field)
@@ -513,6 +540,7 @@ mod tests {
         assert_eq!(named("sort=cheapest"), "sort");
         assert_eq!(named("brand=a%20b"), "brand");
         assert_eq!(named("limit=1&limit=2"), "limit");
+        assert_eq!(named("catgory=shoes"), "catgory");
         assert_eq!(named(&format!("q={}", "a".repeat(MAX_Q_CHARS + 1))), "q");
     }
 }

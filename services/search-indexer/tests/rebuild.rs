@@ -181,3 +181,79 @@ async fn a_rebuild_while_clients_search_fails_no_search_and_gives_the_same_resul
     shutdown.trigger();
     running.wait().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rebuild_that_cannot_write_its_index_is_given_up_and_the_live_index_serves_on() {
+    let broker = TestBroker::shared();
+    let topics = Topics::create(broker, "search-rebuild-fail", 3).await;
+    let dir = tempfile::tempdir().unwrap();
+    let shutdown = Shutdown::new();
+    let running = search_indexer::start(config(broker, &topics, dir.path()), shutdown.clone())
+        .await
+        .unwrap();
+    let (api, admin) = (running.api_addr, running.admin_addr);
+    let envelopes: Vec<_> = items().iter().map(|i| i.enriched(true)).collect();
+    publish(broker, &topics.products, &envelopes).await;
+    search_until(api, "", WAIT, |b| b["total"] == PRODUCTS).await;
+
+    // The new index's directory disappears under it (a full or failed disk would do the
+    // same): its writes fail.
+    let (code, _) = post(admin, "/admin/rebuild").await;
+    assert_eq!(code, 202);
+    std::fs::remove_dir_all(dir.path().join("index-2")).unwrap();
+    let started = Instant::now();
+    let status = loop {
+        let status = status(admin).await;
+        if status["rebuild"]["state"] == "failed" {
+            break status;
+        }
+        assert!(
+            started.elapsed() < WAIT,
+            "the rebuild was never given up: {status:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(status["rebuild"]["generation"], 2);
+    assert!(
+        status["rebuild"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("index"),
+        "{status:#}"
+    );
+    // The live index serves on, and a new rebuild can start and finish.
+    assert_eq!(status["index"]["generation"], 1);
+    assert_eq!(search(api, "").await["total"], PRODUCTS);
+    let recorded: Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("generations.json")).unwrap())
+            .unwrap();
+    assert_eq!(recorded, json!({"live": 1, "building": null}));
+    let (code, body) = post(admin, "/admin/rebuild").await;
+    assert_eq!(code, 202, "{body}");
+    wait_swapped(admin, 2).await;
+    assert_eq!(search(api, "").await["total"], PRODUCTS);
+
+    shutdown.trigger();
+    running.wait().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_live_index_that_cannot_be_written_stops_the_service_with_an_error() {
+    let broker = TestBroker::shared();
+    let topics = Topics::create(broker, "search-live-fail", 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let running = search_indexer::start(config(broker, &topics, dir.path()), Shutdown::new())
+        .await
+        .unwrap();
+    let api = running.api_addr;
+    publish(broker, &topics.products, &[items()[0].enriched(true)]).await;
+    search_until(api, "", WAIT, |b| b["total"] == 1).await;
+    std::fs::remove_dir_all(dir.path().join("index-1")).unwrap();
+    publish(broker, &topics.products, &[items()[1].enriched(true)]).await;
+    // No shutdown was asked for: the service stops by itself, with the reason.
+    let result = tokio::time::timeout(WAIT, running.wait())
+        .await
+        .expect("the service stops");
+    let error = result.expect_err("a fatal error").to_string();
+    assert!(error.contains("index"), "{error}");
+}

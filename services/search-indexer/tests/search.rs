@@ -55,10 +55,11 @@ async fn searches_find_complete_products_by_text_filters_orders_facets_and_pages
     // Incomplete (no stock): never searchable.
     envelopes.push(Item::new("p7", "Secret Shoe", "nike", "shoes", 100, 0).enriched(false));
     publish(broker, &topics.products, &envelopes).await;
-    // Popularity: p3's hour is the busiest, then p6 (5 carts), then p1 (1 unit); an older
-    // window of p6, arriving later, changes nothing.
+    // Popularity: p3's hour is the busiest (100); p1's hour so far is 20 (1 unit) but the
+    // hour before was 60, which still counts; p6 has 25 (5 carts) and a window two hours
+    // back, arriving later, which no longer counts.
     let now = Utc.timestamp_opt(1_800_000_000, 0).unwrap();
-    let earlier = now - chrono::Duration::hours(1);
+    let hours_ago = |h| now - chrono::Duration::hours(h);
     publish(
         broker,
         &topics.aggregates,
@@ -66,13 +67,14 @@ async fn searches_find_complete_products_by_text_filters_orders_facets_and_pages
             hour("p3", now, 100, 0, 0),
             hour("p6", now, 0, 5, 0),
             hour("p1", now, 0, 0, 1),
-            hour("p6", earlier, 1_000, 0, 0),
+            hour("p1", hours_ago(1), 60, 0, 0),
+            hour("p6", hours_ago(2), 1_000, 0, 0),
         ],
     )
     .await;
 
     let popular = search_until(api, "sort=popularity", WAIT, |b| {
-        b["total"] == 6 && ids(b)[..3] == ["p3", "p6", "p1"]
+        b["total"] == 6 && ids(b)[..3] == ["p3", "p1", "p6"]
     })
     .await;
     assert!(!ids(&popular).contains(&"p7".to_owned()));
