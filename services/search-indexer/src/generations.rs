@@ -323,7 +323,7 @@ impl Generations {
         let reason = "index catching up with its inputs".to_owned();
         generation.health.set_blocker(BLOCKER, Some(reason));
         let client = self.client().await;
-        let Some(target) = self.ends(&client).await else {
+        let Some(target) = self.ends(&client, Some(&generation.health)).await else {
             return; // stopping
         };
         loop {
@@ -363,7 +363,11 @@ impl Generations {
     /// Every input partition's low and high watermarks, retried until every configured
     /// input answers (a topic missing or in error is not "nothing to catch up with");
     /// `None` once the service stops.
-    async fn ends(&self, client: &Arc<BaseConsumer>) -> Option<Vec<PartitionEnds>> {
+    async fn ends(
+        &self,
+        client: &Arc<BaseConsumer>,
+        report: Option<&Health>,
+    ) -> Option<Vec<PartitionEnds>> {
         let topics: Vec<String> = self
             .config
             .inputs()
@@ -374,7 +378,13 @@ impl Generations {
             let (c, t) = (client.clone(), topics.clone());
             match tokio::task::spawn_blocking(move || partition_ends(&c, &t)).await {
                 Ok(Ok(ends)) => return Some(ends),
-                Ok(Err(e)) => tracing::debug!(error = %e, "Input watermarks not available yet"),
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "Input watermarks not available yet");
+                    if let Some(health) = report {
+                        let reason = format!("cannot read where the index inputs end: {e}");
+                        health.set_blocker("index", Some(reason));
+                    }
+                }
                 Err(e) => tracing::warn!(error = %e, "Watermark task failed"),
             }
             tokio::select! {
@@ -400,7 +410,7 @@ impl Generations {
             // The durable offsets first: a high watermark read after them can only be
             // higher, which errs towards "behind".
             let durable = generation.index.durable_offsets();
-            let Some(ends) = self.ends(&client).await else {
+            let Some(ends) = self.ends(&client, None).await else {
                 return;
             };
             let (behind, lag) = behind(&durable, &ends);

@@ -79,9 +79,21 @@ async fn a_restart_resumes_from_the_index_offsets_and_an_empty_index_starts_over
 
     // An emptied DATA_DIR: the group has committed everything, yet the index is built
     // again from offset 0 (the index, not the group, says where it ends).
+    // It is not ready before the index covers its inputs: once ready, the whole catalogue
+    // is searchable.
     let empty = tempfile::tempdir().unwrap();
     let mut indexer = spawn(broker, &topics, empty.path(), &[]);
-    search_until(indexer.api, "", WAIT, |b| b["total"] == 2_010).await;
+    let started = Instant::now();
+    loop {
+        if let Ok(r) = reqwest::get(format!("http://{}/readyz", indexer.admin)).await {
+            if r.status() == 200 {
+                break;
+            }
+        }
+        assert!(started.elapsed() < WAIT, "never ready");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(search(indexer.api, "").await["total"], 2_010);
     terminate(&mut indexer);
 }
 
