@@ -36,19 +36,22 @@ pub(crate) fn dev_key(root: &Path) -> anyhow::Result<String> {
 pub(crate) fn curl_example(key: &str) -> String {
     format!(
         r#"  body='{{"product_id":"p-1","brand_id":"acme","sku":"TEE-1","name":"Tee","category":"tops"}}'
-  t=$(date +%s); sig=$(printf '%s.%s' "$t" "$body" | openssl dgst -sha256 -hmac '{key}' | sed 's/^.* //')
+  t=$(date +%s); sig=$(printf '%s.POST./v1/products.%s' "$t" "$body" | openssl dgst -sha256 -hmac '{key}' | sed 's/^.* //')
   curl -sS -X POST http://127.0.0.1:8080/v1/products -H 'Content-Type: application/json' \
-       -H 'X-Client-Id: {DEV_CLIENT}' -H "X-Signature: t=$t,v1=$sig" -d "$body""#
+       -H 'X-Client-Id: {DEV_CLIENT}' -H "X-Signature: t=$t,v2=$sig" -d "$body""#
     )
 }
 
-fn sign(key: &str, t: u64, body: &[u8]) -> anyhow::Result<String> {
+/// The `v2` signature of CONTRACTS.md: it covers the method and path, not only the body.
+fn sign(key: &str, t: u64, method: &str, path: &str, body: &[u8]) -> anyhow::Result<String> {
     let mut mac = Hmac::<Sha256>::new_from_slice(key.as_bytes()).context("hmac key")?;
-    mac.update(t.to_string().as_bytes());
-    mac.update(b".");
+    for part in [t.to_string().as_bytes(), method.as_bytes(), path.as_bytes()] {
+        mac.update(part);
+        mac.update(b".");
+    }
     mac.update(body);
     Ok(format!(
-        "t={t},v1={}",
+        "t={t},v2={}",
         hex::encode(mac.finalize().into_bytes())
     ))
 }
@@ -119,7 +122,7 @@ fn post(
         let headers = [
             ("Content-Type", "application/json".to_owned()),
             ("X-Client-Id", DEV_CLIENT.to_owned()),
-            ("X-Signature", sign(key, t, &body)?),
+            ("X-Signature", sign(key, t, "POST", path, &body)?),
             ("Idempotency-Key", idempotency_key.to_owned()),
         ];
         let (status, answer) = request(api, "POST", path, &headers, &body)?;

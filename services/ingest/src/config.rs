@@ -54,6 +54,10 @@ pub struct IngestConfig {
     /// Signatures older (or further in the future) than this are refused.
     #[arg(long, env = "INGEST_SIGNATURE_MAX_AGE_SECS", default_value_t = 300)]
     pub signature_max_age_secs: u64,
+    /// Whether POSTs signed with the older `v1` scheme (body only, not method and path) are
+    /// accepted; DELETE always needs `v2`.
+    #[arg(long, env = "INGEST_ACCEPT_V1", default_value_t = true, action = clap::ArgAction::Set)]
+    pub accept_v1: bool,
     /// How long a response is remembered for its `Idempotency-Key`.
     #[arg(long, env = "INGEST_IDEMPOTENCY_WINDOW_SECS", default_value_t = 86_400)]
     pub idempotency_window_secs: u64,

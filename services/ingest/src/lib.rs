@@ -19,7 +19,7 @@ use anyhow::Context;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, post};
 use chrono::Utc;
@@ -108,7 +108,7 @@ pub async fn start(config: IngestConfig, shutdown: Shutdown) -> anyhow::Result<R
 
     let burst = config.rate_burst.unwrap_or(config.rate_limit.max(1.0));
     let state = Arc::new(AppState {
-        verifier: signing::Verifier::new(keys, config.signature_max_age_secs),
+        verifier: signing::Verifier::new(keys, config.signature_max_age_secs, config.accept_v1),
         limiter: rate::RateLimiter::new(config.rate_limit, burst),
         idempotency: Store::new(
             Duration::from_secs(config.idempotency_window_secs),
@@ -163,8 +163,8 @@ pub async fn start(config: IngestConfig, shutdown: Shutdown) -> anyhow::Result<R
 
 fn router(state: Arc<AppState>) -> Router {
     let post_route = |route: Route| {
-        move |State(state): State<Arc<AppState>>, headers: HeaderMap, body: Body| async move {
-            handle(state, route, None, headers, body).await
+        move |State(state): State<Arc<AppState>>, uri: Uri, headers: HeaderMap, body: Body| async move {
+            handle(state, route, None, &uri, headers, body).await
         }
     };
     let routes = Router::new()
@@ -177,9 +177,18 @@ fn router(state: Arc<AppState>) -> Router {
             delete(
                 |State(state): State<Arc<AppState>>,
                  Path(product_id): Path<String>,
+                 uri: Uri,
                  headers: HeaderMap,
                  body: Body| async move {
-                    handle(state, Route::DeleteProduct, Some(product_id), headers, body).await
+                    handle(
+                        state,
+                        Route::DeleteProduct,
+                        Some(product_id),
+                        &uri,
+                        headers,
+                        body,
+                    )
+                    .await
                 },
             ),
         )
@@ -192,11 +201,12 @@ async fn handle(
     state: Arc<AppState>,
     route: Route,
     product_id: Option<String>,
+    uri: &Uri,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
     let started = Instant::now();
-    let response = match accept(&state, route, product_id, &headers, body).await {
+    let response = match accept(&state, route, product_id, uri, &headers, body).await {
         Ok(body) => (StatusCode::ACCEPTED, axum::Json(body)).into_response(),
         Err(e) => e.into_response(),
     };
@@ -229,6 +239,7 @@ async fn accept(
     state: &AppState,
     route: Route,
     product_id: Option<String>,
+    uri: &Uri,
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Value, ApiError> {
@@ -252,7 +263,17 @@ async fn accept(
     metrics::histogram!("ingest.body.bytes").record(bytes.len() as f64);
 
     let now = Utc::now();
-    let client = state.verifier.verify(headers, &bytes, now.timestamp())?;
+    let method = if route == Route::DeleteProduct {
+        Method::DELETE
+    } else {
+        Method::POST
+    };
+    let signed = signing::Signed {
+        method: &method,
+        path_and_query: uri.path_and_query().map_or(uri.path(), |p| p.as_str()),
+        body: &bytes,
+    };
+    let client = state.verifier.verify(headers, signed, now.timestamp())?;
     let client_label = client.clone().unwrap_or_else(|| "anonymous".to_owned());
     state
         .limiter

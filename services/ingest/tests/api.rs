@@ -466,6 +466,59 @@ async fn signatures_are_required_checked_and_must_be_fresh() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_delete_needs_a_v2_signature_of_its_own_path_and_v1_can_be_turned_off() {
+    let broker = TestBroker::shared();
+    let mut cfg = config(broker);
+    cfg.client_keys = ingest::config::Secret("acme:s3cret".into());
+    cfg.accept_v1 = false;
+    let api = start(broker, cfg).await;
+    let now = chrono::Utc::now().timestamp();
+    let delete = |path: String, signature: String| {
+        api.http
+            .delete(format!("{}{path}", api.base))
+            .header("x-client-id", "acme")
+            .header("x-signature", signature)
+            .send()
+    };
+    let (p1, p2) = (unique_name("p"), unique_name("p"));
+    let path1 = format!("/v1/products/{p1}");
+    let path2 = format!("/v1/products/{p2}");
+    // v1 signs only the (empty) body: the same signature would delete any product.
+    let v1 = ingest::signing::sign(b"s3cret", now, b"");
+    let res = delete(path1.clone(), v1).await.unwrap();
+    assert_eq!(res.status(), 401);
+    let body: Value = res.json().await.unwrap();
+    assert!(body["message"].as_str().unwrap().contains("v2"), "{body}");
+    // A v2 signature deletes the product it was made for, and no other.
+    let v2 = ingest::signing::sign_v2(b"s3cret", now, "DELETE", &path1, b"");
+    assert_eq!(
+        delete(path2.clone(), v2.clone()).await.unwrap().status(),
+        401
+    );
+    assert_eq!(delete(path1.clone(), v2).await.unwrap().status(), 202);
+    // With INGEST_ACCEPT_V1=false a v1 POST is refused and a v2 POST accepted.
+    let body = serde_json::to_vec(&product(&p2)).unwrap();
+    let post = |signature: String| {
+        api.http
+            .post(format!("{}/v1/products", api.base))
+            .header("content-type", "application/json")
+            .header("x-client-id", "acme")
+            .header("x-signature", signature)
+            .body(body.clone())
+            .send()
+    };
+    let v1 = ingest::signing::sign(b"s3cret", now, &body);
+    assert_eq!(post(v1).await.unwrap().status(), 401);
+    let v2 = ingest::signing::sign_v2(b"s3cret", now, "POST", "/v1/products", &body);
+    assert_eq!(post(v2).await.unwrap().status(), 202);
+    // A header stuffed with candidates (as many as the HTTP server lets through) is
+    // refused outright.
+    let stuffed = format!("t={now}{}", ",v2=00".repeat(5_000));
+    assert_eq!(post(stuffed).await.unwrap().status(), 401);
+    api.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_client_over_its_rate_gets_429_with_retry_after() {
     let broker = TestBroker::shared();
     let mut cfg = config(broker);
