@@ -135,3 +135,134 @@ pub fn render_all() -> Vec<(String, String)> {
     }
     files
 }
+
+/// What keeps the current types from replacing the committed schemas `committed` (file
+/// name → text): a version removed, or a change inside a version that readers of the
+/// committed schema would not survive. Empty when they may.
+pub fn incompatibilities(committed: &std::collections::BTreeMap<String, String>) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (name, text) in committed {
+        let Some((t, v)) = parse_file_name(name) else {
+            problems.push(format!("{name}: not <type>.v<n>.json of a known type"));
+            continue;
+        };
+        if !t.supported_versions().contains(&v) {
+            problems.push(format!(
+                "{name}: version {v} was removed; versions are never removed"
+            ));
+            continue;
+        }
+        let old: Value = match serde_json::from_str(text) {
+            Ok(old) => old,
+            Err(e) => {
+                problems.push(format!("{name}: not JSON: {e}"));
+                continue;
+            }
+        };
+        for incompatibility in crate::compat::check_backward(&old, &document(t, v)) {
+            problems.push(format!("{name}: {incompatibility}"));
+        }
+    }
+    problems
+}
+
+/// The type and version a schema file name stands for.
+pub fn parse_file_name(name: &str) -> Option<(EventType, u32)> {
+    let stem = name.strip_suffix(".json")?;
+    let (type_name, v) = stem.rsplit_once(".v")?;
+    Some((EventType::from_name(type_name)?, v.parse().ok()?))
+}
+
+/// The schema files (`*.json`) of `dir`: file name → text.
+pub fn read_dir(
+    dir: &std::path::Path,
+) -> std::io::Result<std::collections::BTreeMap<String, String>> {
+    let mut files = std::collections::BTreeMap::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "json") {
+            let name = path
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned();
+            files.insert(name, std::fs::read_to_string(&path)?);
+        }
+    }
+    Ok(files)
+}
+
+/// Rewrites the schemas in `dir` from the current types, after checking them against what
+/// `dir` holds and against every set in `also` (older committed versions): the check comes
+/// first and nothing is written when it fails, so a second run cannot compare the new
+/// schemas with themselves. Returns the files rewritten, or the problems.
+pub fn update(
+    dir: &std::path::Path,
+    also: &[std::collections::BTreeMap<String, String>],
+) -> Result<Vec<String>, Vec<String>> {
+    let committed = read_dir(dir).map_err(|e| vec![format!("{}: {e}", dir.display())])?;
+    let mut problems = incompatibilities(&committed);
+    for base in also {
+        problems.extend(incompatibilities(base));
+    }
+    if !problems.is_empty() {
+        problems.sort();
+        problems.dedup();
+        return Err(problems);
+    }
+    let mut written = Vec::new();
+    for (name, text) in render_all() {
+        if committed.get(&name) != Some(&text) {
+            std::fs::write(dir.join(&name), &text).map_err(|e| vec![format!("{name}: {e}")])?;
+            written.push(name);
+        }
+    }
+    Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_incompatible_change_is_refused_and_nothing_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, text) in render_all() {
+            std::fs::write(dir.path().join(name), text).unwrap();
+        }
+        // The committed price schema had a field the current type no longer accepts as it
+        // was (retyped): readers of the old schema would break.
+        let name = file_name(EventType::PriceUpdated, 1);
+        let mut old: Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.path().join(&name)).unwrap())
+                .unwrap();
+        old["properties"]["data"]["properties"]["retail_minor"] = json!({"type": "string"});
+        let old_text = serde_json::to_string_pretty(&old).unwrap();
+        std::fs::write(dir.path().join(&name), &old_text).unwrap();
+        let problems = update(dir.path(), &[]).unwrap_err();
+        assert!(problems.iter().any(|p| p.contains(&name)), "{problems:?}");
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join(&name)).unwrap(),
+            old_text,
+            "refused, so not written: a second run still refuses"
+        );
+        assert!(update(dir.path(), &[]).is_err());
+    }
+
+    #[test]
+    fn schemas_rewritten_by_hand_are_still_checked_against_an_older_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, text) in render_all() {
+            std::fs::write(dir.path().join(name), text).unwrap();
+        }
+        let name = file_name(EventType::StockChanged, 1);
+        let mut base = read_dir(dir.path()).unwrap();
+        let mut old: Value = serde_json::from_str(&base[&name]).unwrap();
+        old["properties"]["data"]["properties"]["quantity"] = json!({"type": "string"});
+        base.insert(name.clone(), serde_json::to_string(&old).unwrap());
+        // The working tree agrees with the types; the older commit does not.
+        assert!(incompatibilities(&read_dir(dir.path()).unwrap()).is_empty());
+        let problems = update(dir.path(), &[base]).unwrap_err();
+        assert!(problems.iter().any(|p| p.contains(&name)), "{problems:?}");
+    }
+}

@@ -6,10 +6,12 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::PathBuf;
+use std::process::Command;
 
 use serde_json::Value;
-use tributary_events::compat::check_backward;
-use tributary_events::schema::{document, file_name, render_all};
+use tributary_events::schema::{
+    file_name, incompatibilities, parse_file_name, read_dir, render_all, update,
+};
 use tributary_events::{Envelope, EventType};
 
 fn schemas_dir() -> PathBuf {
@@ -17,42 +19,63 @@ fn schemas_dir() -> PathBuf {
 }
 
 fn committed() -> BTreeMap<String, String> {
-    let mut files = BTreeMap::new();
-    for entry in fs::read_dir(schemas_dir()).expect("schemas/ exists") {
-        let path = entry.expect("readable entry").path();
-        if path.extension().is_some_and(|e| e == "json") {
-            let name = path.file_name().unwrap().to_string_lossy().into_owned();
-            files.insert(name, fs::read_to_string(&path).expect("readable schema"));
-        }
-    }
-    files
+    read_dir(&schemas_dir()).expect("schemas/ is readable")
 }
 
-fn parse_name(name: &str) -> Option<(EventType, u32)> {
-    let stem = name.strip_suffix(".json")?;
-    let (type_name, v) = stem.rsplit_once(".v")?;
-    Some((EventType::from_name(type_name)?, v.parse().ok()?))
+fn git(args: &[&str]) -> Option<String> {
+    let out = Command::new("git")
+        .args(args)
+        .current_dir(schemas_dir())
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// The schemas committed before the change under test: at the merge base with `main` (or
+/// `origin/main`), or, on `main` itself, at the commit before `HEAD`. Regenerating
+/// `schemas/` from incompatible types cannot pass these. Empty without git or history.
+fn earlier_commits() -> Vec<BTreeMap<String, String>> {
+    let Some(head) = git(&["rev-parse", "HEAD"]) else {
+        return Vec::new();
+    };
+    let mut revs = Vec::new();
+    for main in ["main", "origin/main"] {
+        if let Some(base) = git(&["merge-base", "HEAD", main]) {
+            revs.push(if base == head {
+                format!("{head}^")
+            } else {
+                base
+            });
+            break;
+        }
+    }
+    let mut sets = Vec::new();
+    for rev in revs {
+        let Some(listing) = git(&["ls-tree", "--name-only", &rev, "schemas/"]) else {
+            continue; // no such commit (a shallow clone, the first commit)
+        };
+        let mut files = BTreeMap::new();
+        for path in listing.lines().filter(|p| p.ends_with(".json")) {
+            if let Some(text) = git(&["show", &format!("{rev}:{path}")]) {
+                let name = path.trim_start_matches("schemas/").to_owned();
+                files.insert(name, text);
+            }
+        }
+        sets.push(files);
+    }
+    sets
 }
 
 #[test]
 fn current_types_are_backward_compatible_with_committed_schemas() {
-    let mut problems = Vec::new();
-    for (name, text) in committed() {
-        let Some((t, v)) = parse_name(&name) else {
-            problems.push(format!("{name}: not <type>.v<n>.json of a known type"));
-            continue;
-        };
-        if !t.supported_versions().contains(&v) {
-            problems.push(format!(
-                "{name}: version {v} was removed; versions are never removed"
-            ));
-            continue;
-        }
-        let old: Value = serde_json::from_str(&text).expect("committed schema is JSON");
-        for incompatibility in check_backward(&old, &document(t, v)) {
-            problems.push(format!("{name}: {incompatibility}"));
-        }
+    let mut problems = incompatibilities(&committed());
+    for earlier in earlier_commits() {
+        problems.extend(incompatibilities(&earlier));
     }
+    problems.sort();
+    problems.dedup();
     assert!(
         problems.is_empty(),
         "breaking changes inside a version (add a new version on a new topic instead):\n{}",
@@ -62,12 +85,17 @@ fn current_types_are_backward_compatible_with_committed_schemas() {
 
 #[test]
 fn committed_schemas_are_up_to_date() {
-    let current = render_all();
     if std::env::var_os("UPDATE_SCHEMAS").is_some() {
-        for (name, text) in &current {
-            fs::write(schemas_dir().join(name), text).expect("schemas/ is writable");
+        // Checked first, written only when compatible (see `schema::update`).
+        match update(&schemas_dir(), &earlier_commits()) {
+            Ok(written) => eprintln!("rewrote {written:?}"),
+            Err(problems) => panic!(
+                "schemas/ not rewritten: breaking changes inside a version:\n{}",
+                problems.join("\n")
+            ),
         }
     }
+    let current = render_all();
     let committed = committed();
     let stale: Vec<&String> = current
         .iter()
@@ -87,7 +115,7 @@ fn every_committed_sample_still_decodes() {
     for entry in fs::read_dir(&dir).expect("schemas/samples exists") {
         let path = entry.expect("readable entry").path();
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
-        let (t, v) = parse_name(&name).unwrap_or_else(|| panic!("{name}: bad sample name"));
+        let (t, v) = parse_file_name(&name).unwrap_or_else(|| panic!("{name}: bad sample name"));
         let samples: Vec<Value> =
             serde_json::from_str(&fs::read_to_string(&path).unwrap()).expect("a JSON array");
         assert!(!samples.is_empty(), "{name} holds no sample");
