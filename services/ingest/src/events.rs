@@ -59,7 +59,8 @@ pub enum Ids {
 }
 
 impl Ids {
-    fn id(&self, index: usize) -> Ulid {
+    /// The id of the request's event at `index`.
+    pub fn id(&self, index: usize) -> Ulid {
         match self {
             Ids::Fresh => Ulid::new(),
             Ids::Derived { client, key } => {

@@ -2,19 +2,32 @@
 //!
 //! The first request with a key runs; concurrent ones with the same key wait for it; later
 //! ones within the window replay its answer. Only successes are remembered: a failed
-//! request (503, say) may be retried for real. Reusing a key for a different request is an
-//! error. Ids are derived from the key too (see `events::Ids`), so even a retry after a
-//! restart, when this memory is gone, republishes the same event ids.
+//! request (503, say), or one whose handler was dropped (the client went away), may be
+//! retried for real. Reusing a key for a different request is an error.
+//!
+//! An answer is remembered as a fingerprint of the request and the number of events it
+//! accepted, not as its ids: ids are derived from the client, the key and each event's
+//! index (see `events::Ids`), so the replay re-derives them, and so does a retry after a
+//! restart, when this memory is gone. An entry therefore holds its key (at most
+//! [`MAX_KEY_BYTES`] plus the client id and route), 32 bytes of fingerprint and a count:
+//! under [`ENTRY_BYTES`] each, so the store is bounded by `capacity × ENTRY_BYTES`.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
 use tokio::sync::Notify;
 
 /// (client, key)
 pub type Key = (String, String);
+
+/// The longest `Idempotency-Key` accepted.
+pub const MAX_KEY_BYTES: usize = 255;
+
+/// An upper bound of one entry's memory: its key twice (map and expiry queue: client id up
+/// to 128 bytes, route label and key up to 255), fingerprint, count, instants and the
+/// maps' overhead.
+pub const ENTRY_BYTES: usize = 1024;
 
 enum Entry {
     Running {
@@ -23,8 +36,8 @@ enum Entry {
     },
     Done {
         fingerprint: [u8; 32],
-        body: Value,
-        expires: Instant,
+        accepted: usize,
+        completed: Instant,
     },
 }
 
@@ -34,10 +47,11 @@ type Entries = (HashMap<Key, Entry>, VecDeque<(Instant, Key)>);
 /// What to do with a keyed request.
 #[derive(Debug)]
 pub enum Begin {
-    /// Run it; finish with [`Store::complete`] or [`Store::abandon`].
-    Proceed,
-    /// Answer with this remembered body (status 202).
-    Replay(Value),
+    /// Run it; finish with [`Running::complete`]. Dropping the guard without completing
+    /// forgets the request and wakes the retries waiting for it.
+    Proceed(Running),
+    /// The first request accepted this many events (its ids are derived again).
+    Replay(usize),
     /// The key belongs to a different request.
     Conflict,
 }
@@ -57,14 +71,39 @@ impl std::fmt::Debug for Store {
     }
 }
 
+/// A request told to proceed. Completing it remembers its answer; dropping it (a failed
+/// request, or a handler dropped mid-flight) forgets it.
+#[derive(Debug)]
+pub struct Running {
+    store: Arc<Store>,
+    key: Option<Key>,
+}
+
+impl Running {
+    /// Remembers that the request accepted `accepted` events.
+    pub fn complete(mut self, accepted: usize) {
+        if let Some(key) = self.key.take() {
+            self.store.complete_at(&key, accepted, Instant::now());
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(key) = self.key.take() {
+            self.store.abandon(&key);
+        }
+    }
+}
+
 impl Store {
     /// A store remembering answers for `window`, at most `capacity` of them.
-    pub fn new(window: Duration, capacity: usize) -> Store {
-        Store {
+    pub fn new(window: Duration, capacity: usize) -> Arc<Store> {
+        Arc::new(Store {
             entries: Mutex::new((HashMap::new(), VecDeque::new())),
             window,
             capacity: capacity.max(1),
-        }
+        })
     }
 
     fn lock(&self) -> MutexGuard<'_, Entries> {
@@ -72,7 +111,7 @@ impl Store {
     }
 
     /// Decides what to do with a request carrying `key` whose content hashes to `fingerprint`.
-    pub async fn begin(&self, key: &Key, fingerprint: [u8; 32]) -> Begin {
+    pub async fn begin(self: &Arc<Self>, key: &Key, fingerprint: [u8; 32]) -> Begin {
         loop {
             let done = {
                 let mut guard = self.lock();
@@ -80,11 +119,11 @@ impl Store {
                 match map.get(key) {
                     Some(Entry::Done {
                         fingerprint: f,
-                        body,
-                        expires,
-                    }) if *expires > Instant::now() => {
+                        accepted,
+                        completed,
+                    }) if *completed + self.window > Instant::now() => {
                         return if *f == fingerprint {
-                            Begin::Replay(body.clone())
+                            Begin::Replay(*accepted)
                         } else {
                             Begin::Conflict
                         };
@@ -106,7 +145,10 @@ impl Store {
                                 done: Arc::new(Notify::new()),
                             },
                         );
-                        return Begin::Proceed;
+                        return Begin::Proceed(Running {
+                            store: self.clone(),
+                            key: Some(key.clone()),
+                        });
                     }
                 }
             };
@@ -121,11 +163,9 @@ impl Store {
         }
     }
 
-    /// Remembers the successful answer of a request that was told to proceed.
-    pub fn complete(&self, key: &Key, body: Value) {
+    fn complete_at(&self, key: &Key, accepted: usize, now: Instant) {
         let mut guard = self.lock();
         let (map, order) = &mut *guard;
-        let now = Instant::now();
         let waiters = match map.get(key) {
             Some(Entry::Running { fingerprint, done }) => Some((*fingerprint, done.clone())),
             _ => None,
@@ -135,57 +175,74 @@ impl Store {
                 key.clone(),
                 Entry::Done {
                     fingerprint,
-                    body,
-                    expires: now + self.window,
+                    accepted,
+                    completed: now,
                 },
             );
             order.push_back((now, key.clone()));
             done.notify_waiters();
         }
-        // Forget the oldest answers beyond the capacity, and expired ones at the front.
+        // Forget the oldest answers beyond the capacity, and expired ones at the front. A
+        // queue entry forgets its key only if the key still holds that completion: a key
+        // completed again since is queued again, for its new completion.
         while map.len() > self.capacity
             || order
                 .front()
                 .is_some_and(|(at, _)| *at + self.window <= now)
         {
-            let Some((_, old)) = order.pop_front() else {
+            let Some((at, old)) = order.pop_front() else {
                 break;
             };
-            if matches!(map.get(&old), Some(Entry::Done { .. })) {
+            if matches!(map.get(&old), Some(Entry::Done { completed, .. }) if *completed == at) {
                 map.remove(&old);
             }
         }
     }
 
     /// Forgets a request that failed, waking any retry waiting for it.
-    pub fn abandon(&self, key: &Key) {
+    fn abandon(&self, key: &Key) {
         let mut guard = self.lock();
-        if let Some(Entry::Running { done, .. }) = guard.0.remove(key) {
-            done.notify_waiters();
+        if matches!(guard.0.get(key), Some(Entry::Running { .. })) {
+            if let Some(Entry::Running { done, .. }) = guard.0.remove(key) {
+                done.notify_waiters();
+            }
         }
+    }
+
+    /// Entries held (running and remembered).
+    pub fn len(&self) -> usize {
+        self.lock().0.len()
+    }
+
+    /// Whether nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
 
     fn key(k: &str) -> Key {
         ("client".into(), k.into())
     }
 
+    async fn proceed(store: &Arc<Store>, k: &str) -> Running {
+        match store.begin(&key(k), [1; 32]).await {
+            Begin::Proceed(running) => running,
+            other => panic!("{k}: {other:?}"),
+        }
+    }
+
     #[tokio::test]
     async fn a_completed_request_is_replayed_and_a_different_one_conflicts() {
         let store = Store::new(Duration::from_secs(60), 10);
+        proceed(&store, "a").await.complete(1);
         assert!(matches!(
             store.begin(&key("a"), [1; 32]).await,
-            Begin::Proceed
+            Begin::Replay(1)
         ));
-        store.complete(&key("a"), json!({"accepted": 1}));
-        assert!(
-            matches!(store.begin(&key("a"), [1; 32]).await, Begin::Replay(b) if b["accepted"] == 1)
-        );
         assert!(matches!(
             store.begin(&key("a"), [2; 32]).await,
             Begin::Conflict
@@ -193,61 +250,92 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_failed_request_can_be_retried_for_real() {
+    async fn a_failed_or_dropped_request_can_be_retried_for_real() {
         let store = Store::new(Duration::from_secs(60), 10);
-        assert!(matches!(
-            store.begin(&key("a"), [1; 32]).await,
-            Begin::Proceed
-        ));
-        store.abandon(&key("a"));
-        assert!(matches!(
-            store.begin(&key("a"), [1; 32]).await,
-            Begin::Proceed
-        ));
+        drop(proceed(&store, "a").await);
+        let again = tokio::time::timeout(Duration::from_secs(5), proceed(&store, "a"))
+            .await
+            .expect("not left running");
+        drop(again);
+        assert!(store.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_retry_waiting_on_a_handler_that_is_dropped_mid_flight_proceeds() {
+        let store = Store::new(Duration::from_secs(60), 10);
+        // The first handler holds the key, then is dropped (its client went away).
+        let first = {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let _running = proceed(&store, "a").await;
+                std::future::pending::<()>().await;
+            })
+        };
+        let waiter = {
+            let store = store.clone();
+            tokio::spawn(async move { store.begin(&key("a"), [1; 32]).await })
+        };
+        tokio::task::yield_now().await;
+        first.abort();
+        let answer = tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("the retry was woken")
+            .unwrap();
+        assert!(matches!(answer, Begin::Proceed(_)));
     }
 
     #[tokio::test]
     async fn a_concurrent_retry_waits_for_the_first_answer() {
-        let store = Arc::new(Store::new(Duration::from_secs(60), 10));
-        assert!(matches!(
-            store.begin(&key("a"), [1; 32]).await,
-            Begin::Proceed
-        ));
+        let store = Store::new(Duration::from_secs(60), 10);
+        let running = proceed(&store, "a").await;
         let waiter = {
             let store = store.clone();
             tokio::spawn(async move { store.begin(&key("a"), [1; 32]).await })
         };
         tokio::task::yield_now().await;
         assert!(!waiter.is_finished());
-        store.complete(&key("a"), json!({"accepted": 2}));
-        assert!(matches!(waiter.await.unwrap(), Begin::Replay(b) if b["accepted"] == 2));
+        running.complete(2);
+        assert!(matches!(waiter.await.unwrap(), Begin::Replay(2)));
     }
 
     #[tokio::test]
     async fn answers_expire_after_the_window_and_beyond_capacity() {
-        let store = Store::new(Duration::from_millis(1), 10);
-        assert!(matches!(
-            store.begin(&key("a"), [1; 32]).await,
-            Begin::Proceed
-        ));
-        store.complete(&key("a"), json!({}));
-        tokio::time::sleep(Duration::from_millis(5)).await;
-        assert!(matches!(
-            store.begin(&key("a"), [1; 32]).await,
-            Begin::Proceed
-        ));
-
         let small = Store::new(Duration::from_secs(60), 2);
         for k in ["x", "y", "z"] {
-            assert!(matches!(
-                small.begin(&key(k), [1; 32]).await,
-                Begin::Proceed
-            ));
-            small.complete(&key(k), json!({}));
+            proceed(&small, k).await.complete(1);
         }
-        assert!(
-            matches!(small.begin(&key("x"), [1; 32]).await, Begin::Proceed),
-            "oldest forgotten"
+        drop(proceed(&small, "x").await); // oldest forgotten
+        assert_eq!(small.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_key_completed_again_is_not_evicted_by_its_first_completion() {
+        let window = Duration::from_secs(60);
+        let store = Store::new(window, 10);
+        let t0 = Instant::now();
+        store.lock().0.insert(
+            key("a"),
+            Entry::Running {
+                fingerprint: [1; 32],
+                done: Arc::new(Notify::new()),
+            },
         );
+        store.complete_at(&key("a"), 1, t0);
+        // Expired, run again and completed again later.
+        store.lock().0.insert(
+            key("a"),
+            Entry::Running {
+                fingerprint: [1; 32],
+                done: Arc::new(Notify::new()),
+            },
+        );
+        let t1 = t0 + window + Duration::from_secs(1);
+        store.complete_at(&key("a"), 7, t1);
+        // The first completion's expiry comes up: the second must stay.
+        store.complete_at(&key("other"), 0, t1 + Duration::from_secs(1));
+        assert!(matches!(
+            store.lock().0.get(&key("a")),
+            Some(Entry::Done { accepted: 7, .. })
+        ));
     }
 }

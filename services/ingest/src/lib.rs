@@ -47,7 +47,7 @@ struct AppState {
     config: IngestConfig,
     verifier: signing::Verifier,
     limiter: rate::RateLimiter,
-    idempotency: Store,
+    idempotency: Arc<Store>,
     publisher: publish::Publisher,
 }
 
@@ -298,23 +298,25 @@ async fn accept(
         fingerprint.update(route.label().as_bytes());
         fingerprint.update(product_id.as_deref().unwrap_or("").as_bytes());
         fingerprint.update(&bytes);
-        match state
-            .idempotency
-            .begin(&store_key, fingerprint.finalize().into())
-            .await
-        {
-            Begin::Replay(body) => return Ok(body),
-            Begin::Conflict => return Err(ApiError::IdempotencyConflict),
-            Begin::Proceed => {}
-        }
         let ids = Ids::Derived {
             client: client_label,
             key: store_key.1.clone(),
         };
+        let running = match state
+            .idempotency
+            .begin(&store_key, fingerprint.finalize().into())
+            .await
+        {
+            // The first answer, its ids derived again.
+            Begin::Replay(accepted) => return Ok(answer((0..accepted).map(|i| ids.id(i)))),
+            Begin::Conflict => return Err(ApiError::IdempotencyConflict),
+            Begin::Proceed(running) => running,
+        };
+        // Dropped without completing (an error, or this handler dropped mid-flight), the
+        // key is forgotten and waiting retries run for real.
         let result = publish(state, route, product_id, headers, &bytes, now, &ids).await;
-        match &result {
-            Ok(body) => state.idempotency.complete(&store_key, body.clone()),
-            Err(_) => state.idempotency.abandon(&store_key),
+        if let Ok(body) = &result {
+            running.complete(body["accepted"].as_u64().unwrap_or(0) as usize);
         }
         return result;
     }
@@ -370,6 +372,11 @@ async fn publish(
     for (name, n) in by_type {
         metrics::counter!("ingest.events.accepted", "type" => name).increment(n);
     }
-    let ids: Vec<String> = envelopes.iter().map(|e| e.id.to_string()).collect();
-    Ok(json!({"accepted": ids.len(), "ids": ids}))
+    Ok(answer(envelopes.iter().map(|e| e.id)))
+}
+
+/// The 202 body: how many events were accepted, and their ids.
+fn answer(ids: impl Iterator<Item = ulid::Ulid>) -> Value {
+    let ids: Vec<String> = ids.map(|id| id.to_string()).collect();
+    json!({"accepted": ids.len(), "ids": ids})
 }
