@@ -58,6 +58,10 @@ pub struct IngestConfig {
     /// accepted; DELETE always needs `v2`.
     #[arg(long, env = "INGEST_ACCEPT_V1", default_value_t = true, action = clap::ArgAction::Set)]
     pub accept_v1: bool,
+    /// How long a request's body may take to arrive, ms; a slower one (slow-loris) is
+    /// answered 408.
+    #[arg(long, env = "INGEST_BODY_TIMEOUT_MS", default_value_t = 10_000)]
+    pub body_timeout_ms: u64,
     /// How long a response is remembered for its `Idempotency-Key`.
     #[arg(long, env = "INGEST_IDEMPOTENCY_WINDOW_SECS", default_value_t = 86_400)]
     pub idempotency_window_secs: u64,
@@ -130,6 +134,11 @@ impl IngestConfig {
                 )),
             })
             .collect()
+    }
+
+    /// The body deadline.
+    pub fn body_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.body_timeout_ms.max(1))
     }
 
     /// The publish deadline.

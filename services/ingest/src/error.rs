@@ -23,6 +23,8 @@ pub enum ApiError {
     Validation(Vec<Detail>),
     /// 401: missing, wrong or stale signature.
     Unauthorized(String),
+    /// 408: the body did not arrive in time.
+    Timeout(String),
     /// 413: body or event count over the limit.
     TooLarge(String),
     /// 415: unsupported content type.
@@ -44,6 +46,7 @@ impl ApiError {
         match self {
             ApiError::Validation(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::IdempotencyConflict => StatusCode::UNPROCESSABLE_ENTITY,
@@ -73,6 +76,10 @@ impl IntoResponse for ApiError {
             ApiError::Unauthorized(message) => {
                 (json!({"error": "unauthorized", "message": message}), None)
             }
+            ApiError::Timeout(message) => (
+                json!({"error": "request_timeout", "message": message}),
+                None,
+            ),
             ApiError::TooLarge(message) => (
                 json!({"error": "payload_too_large", "message": message}),
                 None,

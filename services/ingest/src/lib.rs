@@ -243,6 +243,15 @@ async fn accept(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Value, ApiError> {
+    let now = Utc::now();
+    let method = if route == Route::DeleteProduct {
+        Method::DELETE
+    } else {
+        Method::POST
+    };
+    // Refused before a byte of the body is read: a signature header that is missing,
+    // malformed, oversized or stale.
+    state.verifier.precheck(headers, &method, now.timestamp())?;
     let limit = state.config.max_body_bytes;
     let too_large = || ApiError::TooLarge(format!("the body is larger than {limit} bytes"));
     let declared = headers
@@ -250,24 +259,35 @@ async fn accept(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
     if let Some(n) = declared.filter(|n| *n > limit) {
-        // Read and drop what the client is already sending (up to a bound), so it reads our
-        // 413 instead of a connection reset while it is still writing.
-        if n <= DRAIN_LIMIT {
-            let _ = axum::body::to_bytes(body, DRAIN_LIMIT).await;
+        // Without signing, read and drop what the client is already sending (up to a
+        // bound), so it reads our 413 instead of a connection reset while it still writes.
+        // With signing, nothing of an unauthenticated body is read beyond what is needed.
+        if n <= DRAIN_LIMIT && !state.verifier.enabled() {
+            let _ = tokio::time::timeout(
+                state.config.body_timeout(),
+                axum::body::to_bytes(body, DRAIN_LIMIT),
+            )
+            .await;
         }
         return Err(too_large());
     }
-    let bytes = axum::body::to_bytes(body, limit)
-        .await
-        .map_err(|_| too_large())?;
+    // A body trickled in byte by byte (slow-loris) is cut off at the deadline.
+    let bytes = match tokio::time::timeout(
+        state.config.body_timeout(),
+        axum::body::to_bytes(body, limit),
+    )
+    .await
+    {
+        Ok(read) => read.map_err(|_| too_large())?,
+        Err(_) => {
+            return Err(ApiError::Timeout(format!(
+                "the body did not arrive within {} ms",
+                state.config.body_timeout_ms
+            )));
+        }
+    };
     metrics::histogram!("ingest.body.bytes").record(bytes.len() as f64);
 
-    let now = Utc::now();
-    let method = if route == Route::DeleteProduct {
-        Method::DELETE
-    } else {
-        Method::POST
-    };
     let signed = signing::Signed {
         method: &method,
         path_and_query: uri.path_and_query().map_or(uri.path(), |p| p.as_str()),

@@ -94,6 +94,21 @@ impl Verifier {
         !self.keys.is_empty()
     }
 
+    /// What can be refused before the body is read: a missing, malformed, oversized or
+    /// stale signature header (the signature itself needs the body). An unknown client id
+    /// is not told apart here.
+    pub fn precheck(&self, headers: &HeaderMap, method: &Method, now: i64) -> Result<(), ApiError> {
+        if !self.enabled() {
+            return Ok(());
+        }
+        let request = Signed {
+            method,
+            path_and_query: "",
+            body: b"",
+        };
+        self.parse(headers, request, now).map(|_| ())
+    }
+
     /// The verified client id, or `None` when signing is off.
     pub fn verify(
         &self,
@@ -104,6 +119,42 @@ impl Verifier {
         if !self.enabled() {
             return Ok(None);
         }
+        let parsed = self.parse(headers, request, now)?;
+        let (key, known) = match self.keys.get(parsed.client) {
+            Some(key) => (key.as_slice(), true),
+            None => (self.decoy.as_slice(), false),
+        };
+        let t = parsed.t;
+        let mut matched = 0u8;
+        if !parsed.v2.is_empty() {
+            let expected = mac_v2(key, t, request).finalize().into_bytes();
+            for candidate in &parsed.v2 {
+                let (tag, ok) = tag_of(candidate);
+                matched |= u8::from(ok) & tag.ct_eq(expected.as_slice()).unwrap_u8();
+            }
+        }
+        if parsed.use_v1 {
+            let expected = mac(key, t, request.body).finalize().into_bytes();
+            for candidate in &parsed.v1 {
+                let (tag, ok) = tag_of(candidate);
+                matched |= u8::from(ok) & tag.ct_eq(expected.as_slice()).unwrap_u8();
+            }
+        }
+        // An unknown client and a wrong signature get the same answer: no client probing.
+        if known && matched == 1 {
+            Ok(Some(parsed.client.to_owned()))
+        } else {
+            Err(unauthorized("invalid signature"))
+        }
+    }
+
+    /// The signature header, read and checked for form, size and age.
+    fn parse<'h>(
+        &self,
+        headers: &'h HeaderMap,
+        request: Signed<'_>,
+        now: i64,
+    ) -> Result<Parsed<'h>, ApiError> {
         let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
         let client =
             header("x-client-id").ok_or_else(|| unauthorized("missing X-Client-Id header"))?;
@@ -149,32 +200,23 @@ impl Verifier {
                 "v1 signatures are not accepted here: sign with v2"
             }));
         }
-        let (key, known) = match self.keys.get(client) {
-            Some(key) => (key.as_slice(), true),
-            None => (self.decoy.as_slice(), false),
-        };
-        let mut matched = 0u8;
-        if !v2.is_empty() {
-            let expected = mac_v2(key, t, request).finalize().into_bytes();
-            for candidate in &v2 {
-                let (tag, ok) = tag_of(candidate);
-                matched |= u8::from(ok) & tag.ct_eq(expected.as_slice()).unwrap_u8();
-            }
-        }
-        if use_v1 {
-            let expected = mac(key, t, request.body).finalize().into_bytes();
-            for candidate in &v1 {
-                let (tag, ok) = tag_of(candidate);
-                matched |= u8::from(ok) & tag.ct_eq(expected.as_slice()).unwrap_u8();
-            }
-        }
-        // An unknown client and a wrong signature get the same answer: no client probing.
-        if known && matched == 1 {
-            Ok(Some(client.to_owned()))
-        } else {
-            Err(unauthorized("invalid signature"))
-        }
+        Ok(Parsed {
+            client,
+            t,
+            v1,
+            v2,
+            use_v1,
+        })
     }
+}
+
+/// A signature header that passed the checks of form, size and age.
+struct Parsed<'h> {
+    client: &'h str,
+    t: i64,
+    v1: Vec<&'h str>,
+    v2: Vec<&'h str>,
+    use_v1: bool,
 }
 
 /// The `v1` signature header value for `body` at `t` (older clients; POST only).

@@ -8,6 +8,8 @@ use proptest::prelude::*;
 use proptest::strategy::ValueTree;
 use proptest::test_runner::TestRunner;
 use serde_json::{Value, json};
+use std::time::Duration;
+
 use tributary_testkit::TestBroker;
 
 /// One hostile request: path, content type and body bytes.
@@ -202,5 +204,66 @@ async fn hostile_bodies_get_4xx_json_answers_and_the_server_stays_ready() {
         .await
         .unwrap();
     assert_eq!(ok.status(), 202, "still serving");
+    api.stop().await;
+}
+
+/// Sends `head` (request line and headers, then the blank line) and `body_part` on a fresh
+/// connection, never the rest of the body, and returns the status line ingest answers with
+/// while the connection stays open.
+async fn answer_to_an_unfinished_request(addr: &str, head: &str, body_part: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(body_part).await.unwrap();
+    let mut answer = Vec::new();
+    let mut chunk = [0u8; 1024];
+    let read = tokio::time::timeout(Duration::from_secs(20), async {
+        while !answer.windows(2).any(|w| w == b"\r\n") {
+            let n = stream.read(&mut chunk).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            answer.extend_from_slice(&chunk[..n]);
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "no answer while the body was unfinished");
+    String::from_utf8_lossy(&answer)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_trickled_body_times_out_and_unauthenticated_bodies_are_not_read() {
+    let broker = TestBroker::shared();
+    let mut cfg = config(broker);
+    cfg.body_timeout_ms = 300;
+    let api = start(broker, cfg).await;
+    let addr = api.base.trim_start_matches("http://").to_owned();
+    // Slow-loris: 100 bytes announced, one sent.
+    let head = "POST /v1/products HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n";
+    let status = answer_to_an_unfinished_request(&addr, head, b"{").await;
+    assert!(status.contains(" 408 "), "{status}");
+    api.stop().await;
+
+    let mut cfg = config(broker);
+    cfg.client_keys = ingest::config::Secret("acme:s3cret".into());
+    let api = start(broker, cfg).await;
+    let addr = api.base.trim_start_matches("http://").to_owned();
+    // No signature: refused before the body (never sent) is read.
+    let status = answer_to_an_unfinished_request(&addr, head, b"").await;
+    assert!(status.contains(" 401 "), "{status}");
+    // A signed-looking request announcing twice the size limit: refused at once, its body
+    // (never sent) not waited for.
+    let now = chrono::Utc::now().timestamp();
+    let big = format!(
+        "POST /v1/products HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nX-Client-Id: acme\r\nX-Signature: t={now},v2={}\r\n\r\n",
+        2 * 1024 * 1024,
+        "0".repeat(64)
+    );
+    let status = answer_to_an_unfinished_request(&addr, &big, b"[").await;
+    assert!(status.contains(" 413 "), "{status}");
     api.stop().await;
 }
