@@ -67,7 +67,7 @@ pub async fn start_with_inputs(
     let service = tributary_runtime::start(
         spec,
         config.runtime.clone(),
-        business::BusinessMetrics,
+        business::BusinessMetrics::new(config.max_tag_values),
         shutdown.clone(),
     )
     .await?;
