@@ -213,7 +213,11 @@ pub fn update(
     let mut written = Vec::new();
     for (name, text) in render_all() {
         if committed.get(&name) != Some(&text) {
-            std::fs::write(dir.join(&name), &text).map_err(|e| vec![format!("{name}: {e}")])?;
+            // Atomically (a reader in parallel sees the old file or the new, never half).
+            let tmp = dir.join(format!(".{name}.tmp"));
+            std::fs::write(&tmp, &text)
+                .and_then(|()| std::fs::rename(&tmp, dir.join(&name)))
+                .map_err(|e| vec![format!("{name}: {e}")])?;
             written.push(name);
         }
     }

@@ -23,9 +23,11 @@ fn committed() -> BTreeMap<String, String> {
 }
 
 fn git(args: &[&str]) -> Option<String> {
+    // From the repository's root: paths below are relative to it.
     let out = Command::new("git")
+        .arg("-C")
+        .arg(schemas_dir().join(".."))
         .args(args)
-        .current_dir(schemas_dir())
         .output()
         .ok()?;
     out.status
@@ -33,28 +35,19 @@ fn git(args: &[&str]) -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
-/// The schemas committed before the change under test: at the merge base with `main` (or
-/// `origin/main`), or, on `main` itself, at the commit before `HEAD`. Regenerating
-/// `schemas/` from incompatible types cannot pass these. Empty without git or history.
-fn earlier_commits() -> Vec<BTreeMap<String, String>> {
-    let Some(head) = git(&["rev-parse", "HEAD"]) else {
+/// Every version of `schemas/` ever committed (as far as the clone's history goes): the
+/// current types must stay compatible with each, so neither regenerating `schemas/` from
+/// incompatible types, nor deleting a file and regenerating it, nor a break committed a few
+/// commits back can pass. Empty without git; a note says so.
+fn committed_versions() -> Vec<BTreeMap<String, String>> {
+    let Some(log) = git(&["log", "--format=%H", "--", "schemas/"]) else {
+        eprintln!("note: no git history: schemas/ checked against the working tree only");
         return Vec::new();
     };
-    let mut revs = Vec::new();
-    for main in ["main", "origin/main"] {
-        if let Some(base) = git(&["merge-base", "HEAD", main]) {
-            revs.push(if base == head {
-                format!("{head}^")
-            } else {
-                base
-            });
-            break;
-        }
-    }
     let mut sets = Vec::new();
-    for rev in revs {
-        let Some(listing) = git(&["ls-tree", "--name-only", &rev, "schemas/"]) else {
-            continue; // no such commit (a shallow clone, the first commit)
+    for rev in log.lines().filter(|l| !l.is_empty()) {
+        let Some(listing) = git(&["ls-tree", "--name-only", rev, "schemas/"]) else {
+            continue;
         };
         let mut files = BTreeMap::new();
         for path in listing.lines().filter(|p| p.ends_with(".json")) {
@@ -65,13 +58,30 @@ fn earlier_commits() -> Vec<BTreeMap<String, String>> {
         }
         sets.push(files);
     }
+    if sets.iter().all(BTreeMap::is_empty) {
+        eprintln!("note: no committed schemas in the history (a shallow clone?)");
+    }
     sets
+}
+
+#[test]
+fn the_history_check_reads_committed_schemas() {
+    // Guards the check above against reading nothing (as it once did, from a wrong
+    // directory): in a clone with history, HEAD's schemas are found.
+    if git(&["rev-parse", "HEAD"]).is_some()
+        && git(&["ls-tree", "--name-only", "HEAD", "schemas/"]).is_some_and(|l| !l.is_empty())
+    {
+        assert!(
+            committed_versions().iter().any(|set| !set.is_empty()),
+            "git lists schemas/ at HEAD, but the history check read none"
+        );
+    }
 }
 
 #[test]
 fn current_types_are_backward_compatible_with_committed_schemas() {
     let mut problems = incompatibilities(&committed());
-    for earlier in earlier_commits() {
+    for earlier in committed_versions() {
         problems.extend(incompatibilities(&earlier));
     }
     problems.sort();
@@ -87,7 +97,7 @@ fn current_types_are_backward_compatible_with_committed_schemas() {
 fn committed_schemas_are_up_to_date() {
     if std::env::var_os("UPDATE_SCHEMAS").is_some() {
         // Checked first, written only when compatible (see `schema::update`).
-        match update(&schemas_dir(), &earlier_commits()) {
+        match update(&schemas_dir(), &committed_versions()) {
             Ok(written) => eprintln!("rewrote {written:?}"),
             Err(problems) => panic!(
                 "schemas/ not rewritten: breaking changes inside a version:\n{}",

@@ -53,9 +53,15 @@ impl Route {
 pub enum Ids {
     /// Fresh ULIDs.
     Fresh,
-    /// Derived from (client, idempotency key, index): a retry yields the same ids even
-    /// after ingest restarted and forgot the first answer.
-    Derived { client: String, key: String },
+    /// Derived from (client, idempotency key, the request's fingerprint, index): a retry
+    /// yields the same ids even after ingest restarted and forgot the first answer, and a
+    /// key reused for different content (after the window, or a restart) gets new ids, so
+    /// downstream de-duplication never drops it as a repeat.
+    Derived {
+        client: String,
+        key: String,
+        fingerprint: [u8; 32],
+    },
 }
 
 impl Ids {
@@ -63,13 +69,18 @@ impl Ids {
     pub fn id(&self, index: usize) -> Ulid {
         match self {
             Ids::Fresh => Ulid::new(),
-            Ids::Derived { client, key } => {
+            Ids::Derived {
+                client,
+                key,
+                fingerprint,
+            } => {
                 let mut hash = Sha256::new();
                 hash.update(b"tributary-ingest\0");
                 hash.update(client.as_bytes());
                 hash.update(b"\0");
                 hash.update(key.as_bytes());
                 hash.update(b"\0");
+                hash.update(fingerprint);
                 hash.update(index.to_be_bytes());
                 let digest = hash.finalize();
                 let mut bytes = [0u8; 16];
@@ -259,16 +270,19 @@ mod tests {
 
     #[test]
     fn derived_ids_are_stable_per_client_key_and_index() {
-        let ids = Ids::Derived {
-            client: "c".into(),
+        let derived = |client: &str, fingerprint: u8| Ids::Derived {
+            client: client.into(),
             key: "k".into(),
+            fingerprint: [fingerprint; 32],
         };
-        assert_eq!(ids.id(0), ids.id(0));
+        let ids = derived("c", 1);
+        assert_eq!(ids.id(0), derived("c", 1).id(0));
         assert_ne!(ids.id(0), ids.id(1));
-        let other = Ids::Derived {
-            client: "c2".into(),
-            key: "k".into(),
-        };
-        assert_ne!(ids.id(0), other.id(0));
+        assert_ne!(ids.id(0), derived("c2", 1).id(0));
+        assert_ne!(
+            ids.id(0),
+            derived("c", 2).id(0),
+            "the key reused for other content"
+        );
     }
 }

@@ -153,11 +153,17 @@ impl Store {
                 }
             };
             // Wait for the first request to finish, then look again. The notification is
-            // registered before the re-check, so a completion in between is not missed.
+            // registered before the re-check, and the re-check asks for that same request:
+            // if it ended in between (and another took the key), look again at once rather
+            // than wait on a notifier that will not fire again.
             let notified = done.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if matches!(self.lock().0.get(key), Some(Entry::Running { .. })) {
+            let same = matches!(
+                self.lock().0.get(key),
+                Some(Entry::Running { done: d, .. }) if Arc::ptr_eq(d, &done)
+            );
+            if same {
                 notified.await;
             }
         }
@@ -185,7 +191,9 @@ impl Store {
         // Forget the oldest answers beyond the capacity, and expired ones at the front. A
         // queue entry forgets its key only if the key still holds that completion: a key
         // completed again since is queued again, for its new completion.
-        while map.len() > self.capacity
+        // The queue holds every remembered answer (and stale entries of keys completed
+        // again): bounding it bounds them, whatever runs meanwhile.
+        while order.len() > self.capacity
             || order
                 .front()
                 .is_some_and(|(at, _)| *at + self.window <= now)
@@ -306,6 +314,26 @@ mod tests {
         }
         drop(proceed(&small, "x").await); // oldest forgotten
         assert_eq!(small.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn running_requests_do_not_evict_remembered_answers() {
+        let store = Store::new(Duration::from_secs(60), 2);
+        proceed(&store, "done").await.complete(1);
+        let _running: Vec<Running> = proceed_all(&store, &["r1", "r2", "r3"]).await;
+        proceed(&store, "also-done").await.complete(1);
+        assert!(matches!(
+            store.begin(&key("done"), [1; 32]).await,
+            Begin::Replay(1)
+        ));
+    }
+
+    async fn proceed_all(store: &Arc<Store>, keys: &[&str]) -> Vec<Running> {
+        let mut out = Vec::new();
+        for k in keys {
+            out.push(proceed(store, k).await);
+        }
+        out
     }
 
     #[tokio::test]

@@ -314,19 +314,28 @@ async fn accept(
             }]));
         }
         let store_key = (client_label.clone(), format!("{}:{key}", route.label()));
+        // Each part length-prefixed: (product "ab", body "") and (product "a", body "b")
+        // must differ.
         let mut fingerprint = Sha256::new();
-        fingerprint.update(route.label().as_bytes());
-        fingerprint.update(product_id.as_deref().unwrap_or("").as_bytes());
-        fingerprint.update(&bytes);
+        let content_type = headers
+            .get(header::CONTENT_TYPE)
+            .map_or(&[][..], |v| v.as_bytes());
+        for part in [
+            route.label().as_bytes(),
+            product_id.as_deref().unwrap_or("").as_bytes(),
+            content_type,
+            &bytes[..],
+        ] {
+            fingerprint.update((part.len() as u64).to_be_bytes());
+            fingerprint.update(part);
+        }
+        let fingerprint: [u8; 32] = fingerprint.finalize().into();
         let ids = Ids::Derived {
             client: client_label,
             key: store_key.1.clone(),
+            fingerprint,
         };
-        let running = match state
-            .idempotency
-            .begin(&store_key, fingerprint.finalize().into())
-            .await
-        {
+        let running = match state.idempotency.begin(&store_key, fingerprint).await {
             // The first answer, its ids derived again.
             Begin::Replay(accepted) => return Ok(answer((0..accepted).map(|i| ids.id(i)))),
             Begin::Conflict => return Err(ApiError::IdempotencyConflict),

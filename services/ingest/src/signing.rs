@@ -185,7 +185,7 @@ impl Verifier {
                 "malformed X-Signature: expected t=<unix seconds>,v2=<hex hmac>",
             ));
         };
-        if (now - t).abs() > self.max_age_secs {
+        if now.abs_diff(t) > self.max_age_secs.unsigned_abs() {
             return Err(unauthorized(format!(
                 "signature timestamp is more than {} seconds from now",
                 self.max_age_secs
@@ -392,6 +392,16 @@ mod tests {
         );
         assert_eq!(MACS.with(std::cell::Cell::get) - before, 1);
         // Three candidates, or a header of 100,000 of them: refused before any MAC.
+        // A timestamp at the edge of i64 is stale, not an overflow.
+        let edge = format!("t={},v2={mac_hex}", i64::MIN);
+        assert!(
+            v.verify(
+                &headers(Some("acme"), Some(&edge)),
+                post("/v1/products", b"{}"),
+                1000
+            )
+            .is_err()
+        );
         let three = format!("t=1000,v2={wrong},v2={wrong},v2={mac_hex}");
         let many = format!("t=1000{}", ",v1=00".repeat(100_000));
         for sig in [three, many] {

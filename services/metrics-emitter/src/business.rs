@@ -32,25 +32,26 @@ pub mod names {
     pub const WINDOW_AGGREGATED: &str = "analytics.window.aggregated";
     /// Distribution (milliseconds), tag `topic`: now minus the envelope's event time.
     pub const EVENT_AGE_MS: &str = "event.age_ms";
-    /// Counter, tags `metric`, `tag`: values folded into `other` past the cap.
+    /// Counter, tag `metric`: tag values folded into `other` past the cap.
     pub const TAGS_FOLDED: &str = "metrics.tags.folded";
 }
 
 /// The value a tag takes once its metric has seen the cap of distinct values.
 pub const OTHER: &str = "other";
 
-/// Caps the distinct values of each tag of each metric: a tag whose values come from the
-/// data (brands, categories, currencies) would otherwise create a time series per value in
-/// the metrics backend, without bound. The first `max` values seen keep their names; later
-/// new ones are reported as [`OTHER`] and counted in [`names::TAGS_FOLDED`].
+/// Caps the distinct tag values of each metric: a tag whose values come from the data
+/// (brands, categories, currencies) would otherwise create a time series per value (per
+/// combination, for a metric with two such tags) in the metrics backend, without bound. The
+/// first `max` combinations a metric sees keep their names; later new ones are reported with
+/// every capped tag as [`OTHER`] and counted in [`names::TAGS_FOLDED`].
 #[derive(Debug)]
 pub struct TagCap {
     max: usize,
-    seen: Mutex<HashMap<(&'static str, &'static str), HashSet<String>>>,
+    seen: Mutex<HashMap<&'static str, HashSet<Vec<String>>>>,
 }
 
 impl TagCap {
-    /// At most `max` distinct values per metric and tag.
+    /// At most `max` distinct combinations of capped tag values per metric.
     pub fn new(max: usize) -> TagCap {
         TagCap {
             max,
@@ -58,20 +59,18 @@ impl TagCap {
         }
     }
 
-    /// The value to report for `tag` = `value` on `metric`.
-    pub fn value(&self, metric: &'static str, tag: &'static str, value: &str) -> String {
+    /// The values to report for the capped tags `values` (in a fixed order) of `metric`.
+    pub fn values<const N: usize>(&self, metric: &'static str, values: [&str; N]) -> [String; N] {
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-        let values = seen.entry((metric, tag)).or_default();
-        if values.contains(value) {
-            return value.to_owned();
-        }
-        if values.len() < self.max {
-            values.insert(value.to_owned());
-            return value.to_owned();
+        let combinations = seen.entry(metric).or_default();
+        let combination: Vec<String> = values.iter().map(|v| (*v).to_owned()).collect();
+        if combinations.contains(&combination) || combinations.len() < self.max {
+            combinations.insert(combination);
+            return values.map(str::to_owned);
         }
         drop(seen);
-        metrics::counter!(names::TAGS_FOLDED, "metric" => metric, "tag" => tag).increment(1);
-        OTHER.to_owned()
+        metrics::counter!(names::TAGS_FOLDED, "metric" => metric).increment(1);
+        std::array::from_fn(|_| OTHER.to_owned())
     }
 }
 
@@ -112,14 +111,16 @@ fn record(tags: &TagCap, topic: &str, envelope: &Envelope) {
     metrics::histogram!(names::EVENT_AGE_MS, "topic" => topic.to_owned()).record(age_ms as f64);
     match &envelope.event {
         Event::ProductUpserted(p) => {
-            let brand = tags.value(names::PRODUCT_UPSERTED, "brand", &p.brand_id);
-            let category = tags.value(names::PRODUCT_UPSERTED, "category", &p.category);
+            let [brand, category] = tags.values(
+                names::PRODUCT_UPSERTED,
+                [p.brand_id.as_str(), p.category.as_str()],
+            );
             metrics::counter!(names::PRODUCT_UPSERTED, "brand" => brand, "category" => category)
                 .increment(1);
         }
         Event::ProductDeleted(_) => metrics::counter!(names::PRODUCT_DELETED).increment(1),
         Event::PriceUpdated(p) => {
-            let currency = tags.value(names::PRICE_UPDATED, "currency", &p.currency);
+            let [currency] = tags.values(names::PRICE_UPDATED, [p.currency.as_str()]);
             metrics::counter!(names::PRICE_UPDATED, "currency" => currency).increment(1);
         }
         Event::StockChanged(s) => {
@@ -138,7 +139,7 @@ fn record(tags: &TagCap, topic: &str, envelope: &Envelope) {
                 let units = a.quantity.unwrap_or(1);
                 metrics::counter!(names::ORDER_UNITS).increment(units);
                 if let (Some(price), Some(currency)) = (a.unit_price_minor, &a.currency) {
-                    let currency = tags.value(names::ORDER_REVENUE_MINOR, "currency", currency);
+                    let [currency] = tags.values(names::ORDER_REVENUE_MINOR, [currency.as_str()]);
                     metrics::counter!(names::ORDER_REVENUE_MINOR, "currency" => currency)
                         .increment(price.saturating_mul(units));
                 }
@@ -156,21 +157,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_tag_keeps_its_first_values_and_folds_the_rest_into_other() {
+    fn a_metric_keeps_its_first_combinations_and_folds_the_rest_into_other() {
         let cap = TagCap::new(2);
-        let brand = |v: &str| cap.value(names::PRODUCT_UPSERTED, "brand", v);
-        assert_eq!(brand("b1"), "b1");
-        assert_eq!(brand("b2"), "b2");
-        assert_eq!(brand("b3"), OTHER, "past the cap");
-        assert_eq!(brand("b1"), "b1", "a known value keeps its name");
-        assert_eq!(brand("b4"), OTHER);
-        // Each metric and tag has its own cap.
+        let upserted = |b: &str, c: &str| cap.values(names::PRODUCT_UPSERTED, [b, c]);
+        assert_eq!(upserted("b1", "shoes"), ["b1", "shoes"]);
+        assert_eq!(upserted("b2", "bags"), ["b2", "bags"]);
+        // A third combination, even of known values, is past the cap: the series a
+        // metric creates are bounded, not each tag alone.
+        assert_eq!(upserted("b1", "bags"), [OTHER, OTHER]);
+        assert_eq!(upserted("b3", "hats"), [OTHER, OTHER]);
         assert_eq!(
-            cap.value(names::PRODUCT_UPSERTED, "category", "shoes"),
-            "shoes"
+            upserted("b1", "shoes"),
+            ["b1", "shoes"],
+            "a known one keeps its names"
         );
-        assert_eq!(cap.value(names::PRICE_UPDATED, "currency", "EUR"), "EUR");
+        // Each metric has its own cap.
+        assert_eq!(cap.values(names::PRICE_UPDATED, ["EUR"]), ["EUR"]);
         let held: usize = cap.seen.lock().unwrap().values().map(HashSet::len).sum();
-        assert_eq!(held, 4, "memory is bounded by the cap, not by the data");
+        assert_eq!(held, 3, "memory is bounded by the cap, not by the data");
     }
 }

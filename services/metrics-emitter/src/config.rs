@@ -17,8 +17,8 @@ pub struct EmitterConfig {
     /// Observations kept (and evaluated) per group-partition: Burrow's window.
     #[arg(long, env = "LAG_WINDOW", default_value_t = 10)]
     pub lag_window: usize,
-    /// Distinct values each data-derived tag (brand, category, currency) of each business
-    /// metric reports; later new values are reported as `other` (and counted).
+    /// Distinct combinations of data-derived tag values (brand, category, currency) each
+    /// business metric reports; later new ones are reported as `other` (and counted).
     #[arg(long, env = "METRICS_MAX_TAG_VALUES", default_value_t = 1_000)]
     pub max_tag_values: usize,
 }
