@@ -58,8 +58,8 @@ pub struct IngestConfig {
     /// accepted; DELETE always needs `v2`.
     #[arg(long, env = "INGEST_ACCEPT_V1", default_value_t = true, action = clap::ArgAction::Set)]
     pub accept_v1: bool,
-    /// How long a request's body may take to arrive, ms; a slower one (slow-loris) is
-    /// answered 408.
+    /// How long a request's headers, and then its body, may each take to arrive, ms
+    /// (slow-loris): slower headers close the connection, a slower body is answered 408.
     #[arg(long, env = "INGEST_BODY_TIMEOUT_MS", default_value_t = 10_000)]
     pub body_timeout_ms: u64,
     /// How long a response is remembered for its `Idempotency-Key`.

@@ -134,13 +134,11 @@ pub async fn start(config: IngestConfig, shutdown: Shutdown) -> anyhow::Result<R
         shutdown.clone(),
     ));
     let app = router(state);
+    let header_timeout = config.body_timeout();
     let task_health = health.clone();
     let task = tokio::spawn(async move {
-        let stop = shutdown.clone();
         // Graceful: stop accepting, let in-flight requests finish (they await their acks).
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { stop.wait().await })
-            .await;
+        let served = serve(listener, app, header_timeout, shutdown.clone()).await;
         task_health.set_shutting_down();
         watch.abort();
         let flushed =
@@ -159,6 +157,61 @@ pub async fn start(config: IngestConfig, shutdown: Shutdown) -> anyhow::Result<R
         health,
         task,
     })
+}
+
+/// Connections served at once, at most: past it, new connections wait in the listen
+/// backlog (each open connection holds a task and buffers).
+pub const MAX_CONNECTIONS: usize = 10_000;
+
+/// Serves `app` on `listener` until `shutdown`, then lets in-flight requests finish.
+/// Unlike `axum::serve`, hyper runs with a timer, so a client that sends its request
+/// headers (or, on a kept-alive connection, its next request) slower than `header_timeout`
+/// is disconnected (slow-loris), and open connections are capped.
+async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    header_timeout: Duration,
+    shutdown: Shutdown,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let permit = tokio::select! {
+            permit = slots.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+            _ = shutdown.wait() => break,
+        };
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off rather than spin.
+                    tracing::warn!(error = %e, "Cannot accept a connection");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.wait() => break,
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let connection = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(header_timeout)
+            .serve_connection(TokioIo::new(stream), service);
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "Connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
 }
 
 fn router(state: Arc<AppState>) -> Router {

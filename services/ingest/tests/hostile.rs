@@ -246,6 +246,22 @@ async fn a_trickled_body_times_out_and_unauthenticated_bodies_are_not_read() {
     let head = "POST /v1/products HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n";
     let status = answer_to_an_unfinished_request(&addr, head, b"{").await;
     assert!(status.contains(" 408 "), "{status}");
+    // Headers trickled (or a kept-alive connection left idle): the connection is closed.
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        stream
+            .write_all(b"POST /v1/products HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        let mut rest = Vec::new();
+        let closed =
+            tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut rest)).await;
+        assert!(
+            closed.is_ok(),
+            "a connection with unfinished headers stayed open"
+        );
+    }
     api.stop().await;
 
     let mut cfg = config(broker);
