@@ -47,7 +47,9 @@ pub const OTHER: &str = "other";
 #[derive(Debug)]
 pub struct TagCap {
     max: usize,
-    seen: Mutex<HashMap<&'static str, HashSet<Vec<String>>>>,
+    /// Per metric, a 64-bit hash of each combination kept: checking an event's tags costs no
+    /// allocation (this runs for every product, price and order event).
+    seen: Mutex<HashMap<&'static str, HashSet<u64>>>,
 }
 
 impl TagCap {
@@ -61,9 +63,14 @@ impl TagCap {
 
     /// The values to report for the capped tags `values` (in a fixed order) of `metric`.
     pub fn values<const N: usize>(&self, metric: &'static str, values: [&str; N]) -> [String; N] {
+        let combination = {
+            use std::hash::{Hash, Hasher};
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            values.hash(&mut hasher);
+            hasher.finish()
+        };
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
         let combinations = seen.entry(metric).or_default();
-        let combination: Vec<String> = values.iter().map(|v| (*v).to_owned()).collect();
         if combinations.contains(&combination) || combinations.len() < self.max {
             combinations.insert(combination);
             return values.map(str::to_owned);
