@@ -53,14 +53,17 @@ impl Route {
 pub enum Ids {
     /// Fresh ULIDs.
     Fresh,
-    /// Derived from (client, idempotency key, the request's fingerprint, index): a retry
-    /// yields the same ids even after ingest restarted and forgot the first answer, and a
-    /// key reused for different content (after the window, or a restart) gets new ids, so
-    /// downstream de-duplication never drops it as a repeat.
+    /// A ULID whose 48-bit time part is when the request was first accepted (ids stay
+    /// sortable by time, like fresh ones) and whose 80 random bits are derived from
+    /// (client, idempotency key, the request's fingerprint, index): a replay yields the same
+    /// ids from the remembered time, and a key reused for different content gets other ids,
+    /// so downstream de-duplication never drops it as a repeat.
     Derived {
         client: String,
         key: String,
         fingerprint: [u8; 32],
+        /// Unix milliseconds of the first acceptance.
+        accepted_at_ms: u64,
     },
 }
 
@@ -73,6 +76,7 @@ impl Ids {
                 client,
                 key,
                 fingerprint,
+                accepted_at_ms,
             } => {
                 let mut hash = Sha256::new();
                 hash.update(b"tributary-ingest\0");
@@ -83,9 +87,11 @@ impl Ids {
                 hash.update(fingerprint);
                 hash.update(index.to_be_bytes());
                 let digest = hash.finalize();
-                let mut bytes = [0u8; 16];
-                bytes.copy_from_slice(&digest[..16]);
-                Ulid::from(u128::from_be_bytes(bytes))
+                let mut random = [0u8; 16];
+                random[6..].copy_from_slice(&digest[..10]);
+                // ULID: 48 bits of milliseconds, then 80 random bits.
+                let time = u128::from(accepted_at_ms & ((1 << 48) - 1)) << 80;
+                Ulid::from(time | u128::from_be_bytes(random))
             }
         }
     }
@@ -274,6 +280,7 @@ mod tests {
             client: client.into(),
             key: "k".into(),
             fingerprint: [fingerprint; 32],
+            accepted_at_ms: 1_700_000_000_000,
         };
         let ids = derived("c", 1);
         assert_eq!(ids.id(0), derived("c", 1).id(0));
@@ -284,5 +291,28 @@ mod tests {
             derived("c", 2).id(0),
             "the key reused for other content"
         );
+    }
+
+    #[test]
+    fn derived_ids_keep_the_acceptance_time_and_sort_by_it() {
+        let at = |ms: u64| Ids::Derived {
+            client: "c".into(),
+            key: "k".into(),
+            fingerprint: [1; 32],
+            accepted_at_ms: ms,
+        };
+        let earlier = at(1_700_000_000_000);
+        let later = at(1_700_000_000_001);
+        assert_eq!(earlier.id(0).timestamp_ms(), 1_700_000_000_000);
+        for i in 0..100 {
+            // Whatever the derived bits, a later acceptance sorts after an earlier one.
+            assert!(earlier.id(i) < later.id(0), "index {i}");
+            assert!(earlier.id(i).to_string() < later.id(0).to_string());
+            // Only the time part differs between the two acceptances.
+            assert_eq!(earlier.id(i).random(), later.id(i).random());
+        }
+        let fresh = Ids::Fresh.id(0).timestamp_ms();
+        let derived = at(fresh).id(0).timestamp_ms();
+        assert_eq!(derived, fresh);
     }
 }

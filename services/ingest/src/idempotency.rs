@@ -5,12 +5,12 @@
 //! request (503, say), or one whose handler was dropped (the client went away), may be
 //! retried for real. Reusing a key for a different request is an error.
 //!
-//! An answer is remembered as a fingerprint of the request and the number of events it
-//! accepted, not as its ids: ids are derived from the client, the key and each event's
-//! index (see `events::Ids`), so the replay re-derives them, and so does a retry after a
-//! restart, when this memory is gone. An entry therefore holds its key (at most
-//! [`MAX_KEY_BYTES`] plus the client id and route), 32 bytes of fingerprint and a count:
-//! under [`ENTRY_BYTES`] each, so the store is bounded by `capacity × ENTRY_BYTES`.
+//! An answer is remembered as a fingerprint of the request, the number of events it
+//! accepted and the time it was accepted at, not as its ids: an id is that time followed by
+//! bits derived from the client, the key and the event's index (see `events::Ids`), so the
+//! replay re-derives them. An entry therefore holds its key (at most [`MAX_KEY_BYTES`] plus
+//! the client id and route), 32 bytes of fingerprint, a count and a time: under
+//! [`ENTRY_BYTES`] each, so the store is bounded by `capacity × ENTRY_BYTES`.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -37,6 +37,7 @@ enum Entry {
     Done {
         fingerprint: [u8; 32],
         accepted: usize,
+        accepted_at_ms: u64,
         completed: Instant,
     },
 }
@@ -50,8 +51,14 @@ pub enum Begin {
     /// Run it; finish with [`Running::complete`]. Dropping the guard without completing
     /// forgets the request and wakes the retries waiting for it.
     Proceed(Running),
-    /// The first request accepted this many events (its ids are derived again).
-    Replay(usize),
+    /// The first request accepted this many events at this time (its ids are derived
+    /// again from both).
+    Replay {
+        /// Events accepted.
+        accepted: usize,
+        /// When they were accepted (Unix milliseconds): the time part of their ids.
+        accepted_at_ms: u64,
+    },
     /// The key belongs to a different request.
     Conflict,
 }
@@ -80,10 +87,12 @@ pub struct Running {
 }
 
 impl Running {
-    /// Remembers that the request accepted `accepted` events.
-    pub fn complete(mut self, accepted: usize) {
+    /// Remembers that the request accepted `accepted` events at `accepted_at_ms` (Unix
+    /// milliseconds, the time part of their ids).
+    pub fn complete(mut self, accepted: usize, accepted_at_ms: u64) {
         if let Some(key) = self.key.take() {
-            self.store.complete_at(&key, accepted, Instant::now());
+            self.store
+                .complete_at(&key, accepted, accepted_at_ms, Instant::now());
         }
     }
 }
@@ -120,10 +129,14 @@ impl Store {
                     Some(Entry::Done {
                         fingerprint: f,
                         accepted,
+                        accepted_at_ms,
                         completed,
                     }) if *completed + self.window > Instant::now() => {
                         return if *f == fingerprint {
-                            Begin::Replay(*accepted)
+                            Begin::Replay {
+                                accepted: *accepted,
+                                accepted_at_ms: *accepted_at_ms,
+                            }
                         } else {
                             Begin::Conflict
                         };
@@ -169,7 +182,7 @@ impl Store {
         }
     }
 
-    fn complete_at(&self, key: &Key, accepted: usize, now: Instant) {
+    fn complete_at(&self, key: &Key, accepted: usize, accepted_at_ms: u64, now: Instant) {
         let mut guard = self.lock();
         let (map, order) = &mut *guard;
         let waiters = match map.get(key) {
@@ -182,6 +195,7 @@ impl Store {
                 Entry::Done {
                     fingerprint,
                     accepted,
+                    accepted_at_ms,
                     completed: now,
                 },
             );
@@ -246,10 +260,13 @@ mod tests {
     #[tokio::test]
     async fn a_completed_request_is_replayed_and_a_different_one_conflicts() {
         let store = Store::new(Duration::from_secs(60), 10);
-        proceed(&store, "a").await.complete(1);
+        proceed(&store, "a").await.complete(1, 7);
         assert!(matches!(
             store.begin(&key("a"), [1; 32]).await,
-            Begin::Replay(1)
+            Begin::Replay {
+                accepted: 1,
+                accepted_at_ms: 7
+            }
         ));
         assert!(matches!(
             store.begin(&key("a"), [2; 32]).await,
@@ -302,15 +319,21 @@ mod tests {
         };
         tokio::task::yield_now().await;
         assert!(!waiter.is_finished());
-        running.complete(2);
-        assert!(matches!(waiter.await.unwrap(), Begin::Replay(2)));
+        running.complete(2, 7);
+        assert!(matches!(
+            waiter.await.unwrap(),
+            Begin::Replay {
+                accepted: 2,
+                accepted_at_ms: 7
+            }
+        ));
     }
 
     #[tokio::test]
     async fn answers_expire_after_the_window_and_beyond_capacity() {
         let small = Store::new(Duration::from_secs(60), 2);
         for k in ["x", "y", "z"] {
-            proceed(&small, k).await.complete(1);
+            proceed(&small, k).await.complete(1, 7);
         }
         drop(proceed(&small, "x").await); // oldest forgotten
         assert_eq!(small.len(), 2);
@@ -319,12 +342,15 @@ mod tests {
     #[tokio::test]
     async fn running_requests_do_not_evict_remembered_answers() {
         let store = Store::new(Duration::from_secs(60), 2);
-        proceed(&store, "done").await.complete(1);
+        proceed(&store, "done").await.complete(1, 7);
         let _running: Vec<Running> = proceed_all(&store, &["r1", "r2", "r3"]).await;
-        proceed(&store, "also-done").await.complete(1);
+        proceed(&store, "also-done").await.complete(1, 7);
         assert!(matches!(
             store.begin(&key("done"), [1; 32]).await,
-            Begin::Replay(1)
+            Begin::Replay {
+                accepted: 1,
+                accepted_at_ms: 7
+            }
         ));
     }
 
@@ -348,7 +374,7 @@ mod tests {
                 done: Arc::new(Notify::new()),
             },
         );
-        store.complete_at(&key("a"), 1, t0);
+        store.complete_at(&key("a"), 1, 7, t0);
         // Expired, run again and completed again later.
         store.lock().0.insert(
             key("a"),
@@ -358,9 +384,9 @@ mod tests {
             },
         );
         let t1 = t0 + window + Duration::from_secs(1);
-        store.complete_at(&key("a"), 7, t1);
+        store.complete_at(&key("a"), 7, 7, t1);
         // The first completion's expiry comes up: the second must stay.
-        store.complete_at(&key("other"), 0, t1 + Duration::from_secs(1));
+        store.complete_at(&key("other"), 0, 7, t1 + Duration::from_secs(1));
         assert!(matches!(
             store.lock().0.get(&key("a")),
             Some(Entry::Done { accepted: 7, .. })

@@ -383,22 +383,35 @@ async fn accept(
             fingerprint.update(part);
         }
         let fingerprint: [u8; 32] = fingerprint.finalize().into();
-        let ids = Ids::Derived {
-            client: client_label,
+        let derive = |accepted_at_ms: u64| Ids::Derived {
+            client: client_label.clone(),
             key: store_key.1.clone(),
             fingerprint,
+            accepted_at_ms,
         };
         let running = match state.idempotency.begin(&store_key, fingerprint).await {
-            // The first answer, its ids derived again.
-            Begin::Replay(accepted) => return Ok(answer((0..accepted).map(|i| ids.id(i)))),
+            // The first answer, its ids derived again from its acceptance time.
+            Begin::Replay {
+                accepted,
+                accepted_at_ms,
+            } => {
+                let ids = derive(accepted_at_ms);
+                return Ok(answer((0..accepted).map(|i| ids.id(i))));
+            }
             Begin::Conflict => return Err(ApiError::IdempotencyConflict),
             Begin::Proceed(running) => running,
         };
+        // The ids' time part is the envelopes' time.
+        let accepted_at_ms = u64::try_from(now.timestamp_millis()).unwrap_or(0);
+        let ids = derive(accepted_at_ms);
         // Dropped without completing (an error, or this handler dropped mid-flight), the
         // key is forgotten and waiting retries run for real.
         let result = publish(state, route, product_id, headers, &bytes, now, &ids).await;
         if let Ok(body) = &result {
-            running.complete(body["accepted"].as_u64().unwrap_or(0) as usize);
+            running.complete(
+                body["accepted"].as_u64().unwrap_or(0) as usize,
+                accepted_at_ms,
+            );
         }
         return result;
     }
