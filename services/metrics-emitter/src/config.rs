@@ -14,9 +14,16 @@ pub struct EmitterConfig {
     /// How often the lag monitor reads every group's offsets, in milliseconds.
     #[arg(long, env = "LAG_INTERVAL_MS", default_value_t = 10_000)]
     pub lag_interval_ms: u64,
-    /// Observations kept (and evaluated) per group-partition: Burrow's window.
+    /// Commits kept (and evaluated) per group-partition: Burrow's `intervals`.
     #[arg(long, env = "LAG_WINDOW", default_value_t = 10)]
     pub lag_window: usize,
+    /// Lag at or below this counts as none: Burrow's `allowed-lag`.
+    #[arg(long, env = "LAG_ALLOWED", default_value_t = 0)]
+    pub lag_allowed: i64,
+    /// A window of commits less complete than this (0 to 1) is not judged: Burrow's
+    /// `minimum-complete` (0: partial windows are judged, as in Burrow).
+    #[arg(long, env = "LAG_MIN_COMPLETE", default_value_t = 0.0)]
+    pub lag_min_complete: f64,
     /// Distinct combinations of data-derived tag values (brand, category, currency) each
     /// business metric reports; later new ones are reported as `other` (and counted).
     #[arg(long, env = "METRICS_MAX_TAG_VALUES", default_value_t = 1_000)]
@@ -30,7 +37,18 @@ impl EmitterConfig {
             runtime,
             lag_interval_ms: 10_000,
             lag_window: 10,
+            lag_allowed: 0,
+            lag_min_complete: 0.0,
             max_tag_values: 1_000,
+        }
+    }
+
+    /// Burrow's evaluator settings.
+    pub fn lag_settings(&self) -> crate::monitor::Settings {
+        crate::monitor::Settings {
+            window: self.lag_window,
+            allowed_lag: self.lag_allowed,
+            minimum_complete: self.lag_min_complete,
         }
     }
 

@@ -63,7 +63,10 @@ pub async fn start_with_inputs(
         }),
     ));
     let base = config.runtime.admin_config(NAME)?;
-    let lag_monitor = LagMonitor::new(base, config.lag_window).context("lag monitor client")?;
+    let cluster = tributary_cluster::ClusterConfig::from_properties(base.config_map())
+        .and_then(tributary_cluster::Cluster::new)
+        .context("lag monitor client")?;
+    let lag_monitor = LagMonitor::new(cluster, config.lag_settings());
     let service = tributary_runtime::start(
         spec,
         config.runtime.clone(),
@@ -88,12 +91,11 @@ pub async fn start(config: EmitterConfig, shutdown: Shutdown) -> anyhow::Result<
 /// Observes the cluster every `interval` until `shutdown`, publishing each evaluation to
 /// `/lag` and as gauges.
 async fn watch_lag(
-    monitor: LagMonitor,
+    mut monitor: LagMonitor,
     interval: std::time::Duration,
     report: Arc<RwLock<LagReport>>,
     shutdown: Shutdown,
 ) {
-    let monitor = Arc::new(std::sync::Mutex::new(monitor));
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     while !shutdown.is_triggered() {
@@ -101,17 +103,11 @@ async fn watch_lag(
             _ = ticker.tick() => {}
             _ = shutdown.wait() => break,
         }
-        let monitor = monitor.clone();
-        let observed = tokio::task::spawn_blocking(move || {
-            monitor.lock().unwrap_or_else(|e| e.into_inner()).observe()
-        })
-        .await;
-        match observed {
-            Ok(observed) => {
-                monitor::export(&observed);
-                *report.write().unwrap_or_else(|e| e.into_inner()) = observed;
-            }
-            Err(e) => tracing::error!(error = %e, "Lag monitor task failed"),
-        }
+        let observed = tokio::select! {
+            observed = monitor.observe() => observed,
+            _ = shutdown.wait() => break,
+        };
+        monitor::export(&observed);
+        *report.write().unwrap_or_else(|e| e.into_inner()) = observed;
     }
 }

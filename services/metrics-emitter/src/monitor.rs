@@ -1,21 +1,22 @@
-//! The lag monitor: on an interval, reads every consumer group's membership and committed
-//! offsets and every partition's high watermark, keeps the last N observations per
-//! group-partition, and evaluates them with Burrow's rules (see `rules`).
+//! The lag monitor: on an interval, reads every consumer group's members and committed
+//! offsets and every partition's high watermark through one cluster client (a few batched
+//! requests per broker, however many groups there are), keeps Burrow's window of commits
+//! per group-partition, and evaluates it with Burrow's rules (see `rules`).
+//!
+//! Commit times: Kafka's OffsetFetch carries none (Burrow reads them from
+//! `__consumer_offsets`, which the dev broker does not have), so a commit is known when a
+//! group's offset differs from the one read before, and timed when it was first read. A
+//! group re-committing the same offset therefore looks like one that stopped committing:
+//! it reads STOP (once the last change is older than the window spans) rather than STALL.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
-use std::time::Duration;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
-use tributary_runtime::rdkafka::config::ClientConfig;
-use tributary_runtime::rdkafka::consumer::{BaseConsumer, Consumer};
-use tributary_runtime::rdkafka::error::KafkaError;
-use tributary_runtime::rdkafka::{Offset, TopicPartitionList};
+use tributary_cluster::{Cluster, Error as ClusterError, TopicPartition};
 
 use crate::assignment;
-use crate::rules::{self, Membership, Observation, Status};
-
-/// How long one request to the cluster may take.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+use crate::rules::{self, Commit, Evaluation, Partition, Status};
 
 /// Metric names (before the configured prefix).
 pub mod names {
@@ -37,8 +38,11 @@ pub struct LagReport {
 pub struct GroupLag {
     /// Group id.
     pub group: String,
-    /// The worst of its partitions' statuses (ERR when the group could not be read).
+    /// The worst of its partitions' statuses, capped at ERR as Burrow caps it (a STOP,
+    /// STALL or REWIND partition makes the group ERR); ERR too when it could not be read.
     pub status: Status,
+    /// The share of its partitions whose window of commits is full (0 to 1).
+    pub complete: f64,
     /// Active members when last read.
     pub members: usize,
     /// Why the group could not be read (ERR only).
@@ -63,71 +67,69 @@ pub struct PartitionLag {
     pub lag: Option<i64>,
     /// This partition's evaluation.
     pub status: Status,
+    /// How full its window of commits is (0 to 1); a partial window is evaluated too.
+    pub complete: f64,
 }
 
-/// A group as listed by the cluster.
-#[derive(Debug, Clone)]
-struct GroupInfo {
-    name: String,
-    members: usize,
-    assigned: BTreeSet<(String, i32)>,
+/// Burrow's evaluator settings.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    /// Commits kept and evaluated per group-partition (Burrow's `intervals`).
+    pub window: usize,
+    /// Lag at or below this is no lag (Burrow's `allowed-lag`).
+    pub allowed_lag: i64,
+    /// A window less complete than this is not judged (Burrow's `minimum-complete`).
+    pub minimum_complete: f64,
 }
 
-impl GroupInfo {
-    fn membership(&self) -> Membership {
-        if self.members == 0 {
-            Membership::Empty
-        } else {
-            Membership::Active
-        }
-    }
+/// What the monitor remembers of one group-partition.
+#[derive(Debug, Default)]
+struct History {
+    commits: VecDeque<Commit>,
 }
 
-/// Reads the cluster and evaluates every group. Its calls block: run it off the async
-/// runtime.
+/// Reads the cluster and evaluates every group.
+#[derive(Debug)]
 pub struct LagMonitor {
-    base: ClientConfig,
-    window: usize,
-    cluster: BaseConsumer,
-    /// One client per group, used only to fetch that group's committed offsets (it never
-    /// subscribes, so it never joins the group or commits).
-    readers: HashMap<String, BaseConsumer>,
-    history: HashMap<(String, String, i32), VecDeque<Observation>>,
+    cluster: Cluster,
+    settings: Settings,
+    /// (group, topic, partition) → its commits.
+    history: HashMap<(String, String, i32), History>,
+    /// The partition's end at recent readings (Burrow's broker offsets).
+    ends: HashMap<TopicPartition, VecDeque<i64>>,
     last: LagReport,
 }
 
-impl std::fmt::Debug for LagMonitor {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LagMonitor")
-            .field("window", &self.window)
-            .field("groups", &self.readers.len())
-            .finish()
-    }
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 impl LagMonitor {
-    /// A monitor using `base` (brokers and client properties) that keeps `window`
-    /// observations per group-partition.
-    pub fn new(base: ClientConfig, window: usize) -> Result<LagMonitor, KafkaError> {
-        let cluster = base.create()?;
-        Ok(LagMonitor {
-            base,
-            window: window.max(2),
+    /// A monitor reading through `cluster`.
+    pub fn new(cluster: Cluster, settings: Settings) -> LagMonitor {
+        LagMonitor {
             cluster,
-            readers: HashMap::new(),
+            settings: Settings {
+                window: settings.window.max(1),
+                ..settings
+            },
             history: HashMap::new(),
+            ends: HashMap::new(),
             last: LagReport::default(),
-        })
+        }
     }
 
-    /// Reads the cluster once, records one observation per group-partition and returns
-    /// the evaluation. When the group list cannot be read, every known group turns ERR.
-    pub fn observe(&mut self) -> LagReport {
-        let read = self
-            .read_groups()
-            .map_err(|e| format!("cannot list groups: {e}"))
-            .and_then(|groups| self.evaluate_groups(groups));
-        let report = match read {
+    /// The cluster client (requests counted by tests).
+    pub fn cluster(&self) -> &Cluster {
+        &self.cluster
+    }
+
+    /// Reads the cluster once, records what changed and returns the evaluation. When the
+    /// groups cannot be listed, every known group turns ERR.
+    pub async fn observe(&mut self) -> LagReport {
+        let report = match self.read().await {
             Ok(report) => report,
             Err(error) => {
                 tracing::warn!(%error, "Lag monitor");
@@ -146,156 +148,190 @@ impl LagMonitor {
         report
     }
 
-    /// Every group with its members (ListGroups, then DescribeGroups at each coordinator).
-    /// A broker that describes members without their assignments (the dev broker) yields
-    /// groups whose partitions are known from their commits only.
-    fn read_groups(&mut self) -> Result<Vec<GroupInfo>, String> {
-        let list = self
+    async fn read(&mut self) -> Result<LagReport, String> {
+        let metadata = self
             .cluster
-            .fetch_group_list(None, REQUEST_TIMEOUT)
-            .map_err(|e| e.to_string())?;
-        Ok(list
-            .groups()
-            .iter()
-            .map(|g| GroupInfo {
-                name: g.name().to_owned(),
-                members: g.members().len(),
-                assigned: if g.protocol_type() == "consumer" {
-                    g.members()
-                        .iter()
-                        .filter_map(|m| m.assignment())
-                        .flat_map(assignment::parse)
-                        .collect()
-                } else {
-                    BTreeSet::new()
-                },
-            })
-            .collect())
-    }
-
-    /// Every partition of every non-internal topic on the cluster.
-    fn partitions(&self) -> Result<Vec<(String, i32)>, KafkaError> {
-        let metadata = self.cluster.fetch_metadata(None, REQUEST_TIMEOUT)?;
-        Ok(metadata
-            .topics()
-            .iter()
-            .filter(|t| !t.name().starts_with("__"))
-            .flat_map(|t| {
-                t.partitions()
-                    .iter()
-                    .map(move |p| (t.name().to_owned(), p.id()))
-            })
-            .collect())
-    }
-
-    fn committed(
-        &mut self,
-        group: &str,
-        partitions: &[(String, i32)],
-    ) -> Result<BTreeMap<(String, i32), i64>, KafkaError> {
-        if !self.readers.contains_key(group) {
-            let reader: BaseConsumer = self
-                .base
-                .clone()
-                .set("group.id", group)
-                .set("enable.auto.commit", "false")
-                .set("enable.auto.offset.store", "false")
-                .create()?;
-            self.readers.insert(group.to_owned(), reader);
-        }
-        let reader = &self.readers[group];
-        let mut tpl = TopicPartitionList::new();
-        for (topic, partition) in partitions {
-            tpl.add_partition(topic, *partition);
-        }
-        let committed = reader.committed_offsets(tpl, REQUEST_TIMEOUT)?;
-        Ok(committed
-            .elements()
-            .iter()
-            .filter_map(|e| match e.offset() {
-                Offset::Offset(n) => Some(((e.topic().to_owned(), e.partition()), n)),
-                _ => None,
-            })
-            .collect())
-    }
-
-    fn evaluate_groups(&mut self, groups: Vec<GroupInfo>) -> Result<LagReport, String> {
-        let partitions = self
-            .partitions()
+            .metadata()
+            .await
             .map_err(|e| format!("cannot read topics: {e}"))?;
-        let mut watermarks: HashMap<(String, i32), Option<i64>> = HashMap::new();
+        let listed = self
+            .cluster
+            .list_groups(&metadata)
+            .await
+            .map_err(|e| format!("cannot list groups: {e}"))?;
+        let names: Vec<String> = listed.iter().map(|g| g.group.clone()).collect();
+        let coordinators = self
+            .cluster
+            .coordinators(&metadata, &names)
+            .await
+            .map_err(|e| format!("cannot find group coordinators: {e}"))?;
+        let (described, committed) = tokio::join!(
+            self.cluster.describe_groups(&names, &coordinators),
+            self.cluster.committed_offsets(&names, &coordinators),
+        );
+        let exists = |(topic, _): &TopicPartition| {
+            metadata.topics.contains_key(topic) && !metadata.internal.contains(topic)
+        };
+
+        // Every partition some group committed or is assigned, on a topic that exists.
+        let mut groups = Vec::with_capacity(listed.len());
+        let mut wanted = BTreeSet::new();
+        for g in &listed {
+            let description = described.get(&g.group).and_then(|d| d.as_ref().ok());
+            let consumer = description
+                .map_or(g.protocol_type.as_str(), |d| d.protocol_type.as_str())
+                == "consumer";
+            let assigned: BTreeSet<TopicPartition> = match description {
+                Some(d) if consumer => d
+                    .members
+                    .iter()
+                    .flat_map(|m| assignment::parse(&m.assignment))
+                    .filter(exists)
+                    .collect(),
+                _ => BTreeSet::new(),
+            };
+            let members = description.map_or(0, |d| d.members.len());
+            let offsets = match committed.get(&g.group) {
+                Some(Ok(offsets)) => Ok(offsets
+                    .iter()
+                    .filter(|(tp, _)| exists(tp))
+                    .map(|(tp, o)| (tp.clone(), *o))
+                    .collect::<BTreeMap<_, _>>()),
+                Some(Err(e)) => Err(format!("cannot read committed offsets: {e}")),
+                None => Err("no committed offsets answered".to_owned()),
+            };
+            if let Ok(offsets) = &offsets {
+                wanted.extend(offsets.keys().cloned());
+                wanted.extend(assigned.iter().cloned());
+            }
+            groups.push((g.group.clone(), members, assigned, offsets));
+        }
+        let ends = self.cluster.high_watermarks(&metadata, &wanted).await;
+        Ok(self.evaluate(groups, &ends))
+    }
+
+    fn evaluate(
+        &mut self,
+        groups: Vec<GroupRead>,
+        ends: &HashMap<TopicPartition, Result<i64, ClusterError>>,
+    ) -> LagReport {
+        let now = now_ms();
+        let window = self.settings.window;
+        for (tp, end) in ends {
+            if let Ok(end) = end {
+                let seen = self.ends.entry(tp.clone()).or_default();
+                seen.push_back(*end);
+                while seen.len() > window {
+                    seen.pop_front();
+                }
+            }
+        }
+        self.ends.retain(|tp, _| ends.contains_key(tp));
+
         let mut report = LagReport::default();
-        let mut seen_keys = BTreeSet::new();
-        for info in groups {
-            let committed = match self.committed(&info.name, &partitions) {
-                Ok(c) => c,
-                Err(e) => {
+        let mut seen = BTreeSet::new();
+        for (name, members, assigned, offsets) in groups {
+            let offsets = match offsets {
+                Ok(offsets) => offsets,
+                Err(error) => {
                     report.groups.push(GroupLag {
-                        group: info.name,
+                        group: name,
                         status: Status::Err,
-                        members: info.members,
-                        error: Some(format!("cannot read committed offsets: {e}")),
+                        complete: 0.0,
+                        members,
+                        error: Some(error),
                         partitions: Vec::new(),
                     });
                     continue;
                 }
             };
-            let mut keys: BTreeSet<(String, i32)> = committed.keys().cloned().collect();
-            keys.extend(info.assigned.iter().cloned());
-            let mut group = GroupLag {
-                group: info.name.clone(),
-                status: Status::Ok,
-                members: info.members,
-                error: None,
-                partitions: Vec::with_capacity(keys.len()),
-            };
+            let keys: BTreeSet<TopicPartition> =
+                offsets.keys().chain(assigned.iter()).cloned().collect();
+            let mut partitions = Vec::with_capacity(keys.len());
+            let mut evaluations = Vec::with_capacity(keys.len());
             for key in keys {
-                let high_watermark = *watermarks.entry(key.clone()).or_insert_with(|| {
-                    self.cluster
-                        .fetch_watermarks(&key.0, key.1, REQUEST_TIMEOUT)
-                        .map(|(_, high)| high)
-                        .ok()
-                });
-                let committed = committed.get(&key).copied();
-                let history_key = (info.name.clone(), key.0.clone(), key.1);
-                let status = match (committed, high_watermark) {
-                    (Some(committed), Some(high_watermark)) => {
-                        let history = self.history.entry(history_key.clone()).or_default();
-                        history.push_back(Observation {
-                            committed,
-                            high_watermark,
-                        });
-                        while history.len() > self.window {
-                            history.pop_front();
+                let end = ends.get(&key).and_then(|e| e.as_ref().ok()).copied();
+                let committed = offsets.get(&key).copied();
+                let history_key = (name.clone(), key.0.clone(), key.1);
+                let evaluation = match (committed, end) {
+                    (Some(committed), Some(end)) => {
+                        seen.insert(history_key.clone());
+                        let history = self.history.entry(history_key).or_default();
+                        // A commit is known when the offset changed since the last reading.
+                        if history.commits.back().map(|c| c.offset) != Some(committed) {
+                            history.commits.push_back(Commit {
+                                offset: committed,
+                                timestamp_ms: now,
+                                lag: Some((end - committed).max(0)),
+                            });
+                            while history.commits.len() > window {
+                                history.commits.pop_front();
+                            }
                         }
-                        let window: Vec<Observation> = history.iter().copied().collect();
-                        rules::evaluate(&window, self.window, info.membership())
+                        let commits: Vec<Commit> = history.commits.iter().copied().collect();
+                        let broker_offsets: Vec<i64> = self
+                            .ends
+                            .get(&key)
+                            .map(|e| e.iter().copied().collect())
+                            .unwrap_or_default();
+                        rules::evaluate(
+                            &Partition {
+                                commits: &commits,
+                                capacity: window,
+                                broker_offsets: &broker_offsets,
+                                current_lag: (end - committed).max(0),
+                            },
+                            now,
+                            self.settings.allowed_lag,
+                            self.settings.minimum_complete,
+                        )
                     }
                     // Nothing committed yet: nothing to judge.
-                    (None, _) => Status::Ok,
-                    (Some(_), None) => Status::Err,
+                    (None, _) => Evaluation {
+                        status: Status::Ok,
+                        complete: 0.0,
+                    },
+                    (Some(_), None) => Evaluation {
+                        status: Status::Err,
+                        complete: 0.0,
+                    },
                 };
-                seen_keys.insert(history_key);
-                group.partitions.push(PartitionLag {
+                evaluations.push(evaluation);
+                partitions.push(PartitionLag {
                     topic: key.0,
                     partition: key.1,
                     committed,
-                    high_watermark,
-                    lag: committed.zip(high_watermark).map(|(c, h)| (h - c).max(0)),
-                    status,
+                    high_watermark: end,
+                    lag: committed.zip(end).map(|(c, h)| (h - c).max(0)),
+                    status: evaluation.status,
+                    complete: evaluation.complete,
                 });
             }
-            group.status = rules::worst(group.partitions.iter().map(|p| p.status));
-            report.groups.push(group);
+            let group = rules::group(evaluations);
+            report.groups.push(GroupLag {
+                group: name,
+                status: group.status,
+                complete: group.complete,
+                members,
+                error: None,
+                partitions,
+            });
         }
         // Forget groups and partitions that are gone.
-        self.history.retain(|k, _| seen_keys.contains(k));
-        let listed: BTreeSet<&str> = report.groups.iter().map(|g| g.group.as_str()).collect();
-        self.readers.retain(|g, _| listed.contains(g.as_str()));
+        self.history.retain(|k, _| seen.contains(k));
         report.groups.sort_by(|a, b| a.group.cmp(&b.group));
-        Ok(report)
+        report
     }
 }
+
+/// One group as read: name, member count, assigned partitions, committed offsets (or why
+/// they could not be read).
+type GroupRead = (
+    String,
+    usize,
+    BTreeSet<TopicPartition>,
+    Result<BTreeMap<TopicPartition, i64>, String>,
+);
 
 /// Sends the report as gauges.
 pub fn export(report: &LagReport) {

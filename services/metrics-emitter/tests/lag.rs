@@ -158,7 +158,18 @@ async fn a_healthy_group_reads_ok_and_a_group_that_stopped_turns_stop() {
     // It leaves; records keep arriving; nobody reads them.
     drop(consumer);
     fill(broker, &topic, 20, 6).await;
-    let stopped = wait_for_group(admin, &group, DEADLINE, |g| g["status"] == "STOP").await;
+    // Burrow's STOP: the last commit is older than the window spans, and the partition's
+    // end has not been at the committed offset at any recent reading. The group is ERR (a
+    // STOP partition caps it there).
+    let stopped = wait_for_group(admin, &group, DEADLINE, |g| {
+        partitions(g, &topic).iter().any(|p| p["status"] == "STOP")
+    })
+    .await;
+    assert_eq!(stopped["status"], "ERR", "{stopped:#}");
+    for p in partitions(&stopped, &topic) {
+        let expected = if p["lag"] == 0 { "OK" } else { "STOP" };
+        assert_eq!(p["status"], expected, "{p}");
+    }
     let lag: i64 = partitions(&stopped, &topic)
         .iter()
         .map(|p| p["lag"].as_i64().unwrap())
@@ -184,12 +195,35 @@ async fn a_committed_offset_moved_back_reads_rewind() {
             .is_some_and(|p| p["committed"] == 8)
     })
     .await;
-    commit(broker, &group, &topic, 0, 3);
-    let rewound = wait_for_group(admin, &group, DEADLINE, |g| g["status"] == "REWIND").await;
+    // Reset to 3, then replaying forward (still short of 8): REWIND until it gets back.
+    let started = std::time::Instant::now();
+    let mut offset = 3;
+    let rewound = loop {
+        commit(broker, &group, &topic, 0, offset);
+        let report = lag(admin).await;
+        let entry = group_entry(&report, &group).cloned();
+        if let Some(g) = entry.filter(|g| partitions(g, &topic)[0]["status"] == "REWIND") {
+            break g;
+        }
+        assert!(started.elapsed() < DEADLINE, "never REWIND:\n{report:#}");
+        offset = (offset + 1).min(7);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     let p = partitions(&rewound, &topic)[0];
-    assert_eq!(p["status"], "REWIND");
-    assert_eq!(p["committed"], 3);
-    assert_eq!(p["lag"], 7);
+    let committed = p["committed"].as_i64().unwrap();
+    assert!((3..8).contains(&committed), "{p}");
+    assert_eq!(p["lag"].as_i64().unwrap(), 10 - committed);
+    assert_eq!(
+        rewound["status"], "ERR",
+        "a REWIND partition caps its group at ERR"
+    );
+    // Back at (or past) where it was: recovered, no longer REWIND.
+    commit(broker, &group, &topic, 0, 9);
+    wait_for_group(admin, &group, DEADLINE, |g| {
+        let p = partitions(g, &topic)[0];
+        p["committed"] == 9 && p["status"] != "REWIND"
+    })
+    .await;
     shutdown.trigger();
     running.wait().await.unwrap();
 }
@@ -211,8 +245,10 @@ async fn a_group_with_no_commits_yet_is_reported() {
     // Nothing committed: no offset or lag is made up.
     for p in g["partitions"].as_array().unwrap() {
         assert!(p["committed"].is_null() && p["lag"].is_null(), "{p}");
+        assert_eq!(p["complete"], 0.0, "no commit in its window: {p}");
     }
     assert_eq!(g["status"], "OK");
+    assert_eq!(g["complete"], 0.0);
     drop(consumer);
     shutdown.trigger();
     running.wait().await.unwrap();
@@ -232,8 +268,13 @@ async fn groups_read_err_when_the_cluster_cannot_be_read() {
     })
     .await;
     broker.stop().unwrap();
-    let g = wait_for_group(admin, &group, DEADLINE, |g| g["status"] == "ERR").await;
+    // (A STOP partition also makes its group ERR: wait for the reason, then check both.)
+    let g = wait_for_group(admin, &group, DEADLINE, |g| g["error"].is_string()).await;
     assert!(g["error"].as_str().is_some_and(|e| !e.is_empty()), "{g:#}");
+    assert_eq!(g["status"], "ERR", "{g:#}");
+    for p in g["partitions"].as_array().unwrap() {
+        assert_eq!(p["status"], "ERR", "{p}");
+    }
     shutdown.trigger();
     running.wait().await.unwrap();
 }
@@ -281,6 +322,10 @@ async fn a_consumer_falling_behind_warns() {
     let p = partitions(&warned, &topic)[0];
     assert_eq!(p["status"], "WARN");
     assert!(p["lag"].as_i64().unwrap() > 0);
+    // Judged on a window that need not be full; its completeness is reported.
+    let complete = p["complete"].as_f64().unwrap();
+    assert!(complete > 0.0 && complete <= 1.0, "{p}");
+    assert_eq!(warned["complete"], if complete >= 1.0 { 1.0 } else { 0.0 });
     shutdown.trigger();
     running.wait().await.unwrap();
 }
