@@ -53,6 +53,8 @@ pub struct TestBroker {
     storage: Storage,
     dir: PathBuf,
     process: Option<Child>,
+    /// Extra command-line arguments (TLS, authentication).
+    args: Vec<String>,
 }
 
 /// Which dev broker a binary is: their command lines differ.
@@ -166,6 +168,7 @@ impl TestBroker {
             storage,
             dir,
             process: None,
+            args: Vec::new(),
         };
         broker.launch()?;
         Ok(broker)
@@ -237,7 +240,8 @@ impl TestBroker {
             .arg("--advertised-listener-url")
             .arg(&url)
             .arg("--storage-engine")
-            .arg(storage_url);
+            .arg(storage_url)
+            .args(&self.args);
         if bin.flavour == Flavour::Nisshi {
             // Kafka's default holds an empty group's first join for 3 s; a test group is
             // formed by whoever joins first, and waiting would only slow every test.
@@ -267,6 +271,21 @@ impl TestBroker {
 
     fn wait_ready(&mut self) -> Result<()> {
         let started = Instant::now();
+        if !self.args.is_empty() {
+            // Secured (TLS, authentication): a plain client cannot ask; the port opening
+            // is the sign.
+            while started.elapsed() < READY_TIMEOUT {
+                if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                    return Ok(());
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            return Err(TestkitError::NotReady {
+                bootstrap: self.bootstrap(),
+                waited: started.elapsed(),
+                log: tail(&self.log_path(), 2000),
+            });
+        }
         let consumer: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", self.bootstrap())
             .set("log_level", "0")
@@ -310,6 +329,14 @@ impl TestBroker {
             child.wait()?;
         }
         Ok(())
+    }
+
+    /// Starts the broker again on the same port and storage with extra command-line
+    /// arguments (for example `--authentication`, `--cert`, `--key`).
+    pub fn restart_with_args(&mut self, args: &[&str]) -> Result<()> {
+        self.stop()?;
+        self.args = args.iter().map(|a| (*a).to_owned()).collect();
+        self.launch()
     }
 
     /// Starts the broker again on the same port with the same storage.
