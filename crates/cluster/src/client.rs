@@ -86,6 +86,8 @@ pub struct Cluster {
     config: ClusterConfig,
     tls: Option<Arc<rustls::ClientConfig>>,
     connections: Mutex<HashMap<String, Slot>>,
+    /// The brokers the last metadata named (fallbacks when the bootstrap ones are down).
+    known: Mutex<Vec<String>>,
     requests: AtomicU64,
 }
 
@@ -103,7 +105,8 @@ mod versions {
     pub(super) const LIST_GROUPS: (i16, i16) = (0, 5);
     pub(super) const FIND_COORDINATOR: (i16, i16) = (0, 6);
     pub(super) const DESCRIBE_GROUPS: (i16, i16) = (0, 5);
-    pub(super) const OFFSET_FETCH: (i16, i16) = (1, 9);
+    /// From version 2, null topics means every partition the group committed.
+    pub(super) const OFFSET_FETCH: (i16, i16) = (2, 9);
     /// From version 8, one OffsetFetch asks for many groups.
     pub(super) const OFFSET_FETCH_BATCHED: i16 = 8;
     /// From version 4, one FindCoordinator asks for many keys.
@@ -130,6 +133,7 @@ impl Cluster {
             config,
             tls,
             connections: Mutex::new(HashMap::new()),
+            known: Mutex::new(Vec::new()),
             requests: AtomicU64::new(0),
         })
     }
@@ -157,6 +161,11 @@ impl Cluster {
         let mut guard = slot.lock().await;
         let timeout = self.config.request_timeout;
         let work = async {
+            // A call dropped midway (its caller cancelled) left a request unanswered or
+            // half-written: this connection's next bytes cannot be trusted.
+            if guard.as_ref().is_some_and(Connection::interrupted) {
+                *guard = None;
+            }
             if guard.is_none() {
                 *guard = Some(Connection::open(broker, &self.config, self.tls.as_ref()).await?);
             }
@@ -212,43 +221,53 @@ impl Cluster {
 
     /// Every topic (internal ones included) with its partitions' leaders, and every broker.
     pub async fn metadata(&self) -> Result<Metadata, Error> {
-        self.any_broker(&[], |broker| async move {
-            let (response, _) = self
-                .request(&broker, versions::METADATA, |_| {
-                    MetadataRequest::default()
-                        .with_topics(None)
-                        .with_allow_auto_topic_creation(false)
-                })
-                .await?;
-            let mut metadata = Metadata::default();
-            for b in response.brokers {
-                metadata
-                    .brokers
-                    .insert(b.node_id.0, format!("{}:{}", b.host.as_str(), b.port));
-            }
-            for t in response.topics {
-                let Some(name) = t.name else { continue };
-                if ResponseError::try_from_code(t.error_code).is_some() {
-                    continue;
-                }
-                let name = name.0.as_str().to_owned();
-                if t.is_internal || name.starts_with("__") {
-                    metadata.internal.insert(name.clone());
-                }
-                let mut partitions: Vec<PartitionInfo> = t
-                    .partitions
-                    .iter()
-                    .map(|p| PartitionInfo {
-                        partition: p.partition_index,
-                        leader: p.leader_id.0,
+        // The bootstrap brokers first, then any broker the last answer named.
+        let known: Vec<String> = self.known.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let metadata = self
+            .any_broker(&known, |broker| async move {
+                let (response, _) = self
+                    .request(&broker, versions::METADATA, |v| {
+                        let request = MetadataRequest::default().with_topics(None);
+                        // The field exists from version 4; it defaults to true there.
+                        if v >= 4 {
+                            request.with_allow_auto_topic_creation(false)
+                        } else {
+                            request
+                        }
                     })
-                    .collect();
-                partitions.sort_by_key(|p| p.partition);
-                metadata.topics.insert(name, partitions);
-            }
-            Ok(metadata)
-        })
-        .await
+                    .await?;
+                let mut metadata = Metadata::default();
+                for b in response.brokers {
+                    metadata
+                        .brokers
+                        .insert(b.node_id.0, format!("{}:{}", b.host.as_str(), b.port));
+                }
+                for t in response.topics {
+                    let Some(name) = t.name else { continue };
+                    // A topic with an error (a leader election, say) is kept with whatever
+                    // partitions it lists: a partition without a leader reads as an error, it
+                    // does not vanish.
+                    let name = name.0.as_str().to_owned();
+                    if t.is_internal {
+                        metadata.internal.insert(name.clone());
+                    }
+                    let mut partitions: Vec<PartitionInfo> = t
+                        .partitions
+                        .iter()
+                        .map(|p| PartitionInfo {
+                            partition: p.partition_index,
+                            leader: p.leader_id.0,
+                        })
+                        .collect();
+                    partitions.sort_by_key(|p| p.partition);
+                    metadata.topics.insert(name, partitions);
+                }
+                Ok(metadata)
+            })
+            .await?;
+        *self.known.lock().unwrap_or_else(|e| e.into_inner()) =
+            metadata.brokers.values().cloned().collect();
+        Ok(metadata)
     }
 
     /// Every group on every broker. One broker failing fails the call: a partial list

@@ -30,6 +30,8 @@ pub(crate) struct Connection {
     stream: Box<dyn Stream>,
     client_id: StrBytes,
     correlation: i32,
+    /// A call started and not finished: set before writing, cleared once its answer is read.
+    in_flight: bool,
     /// The broker's supported range per API key.
     versions: HashMap<i16, (i16, i16)>,
 }
@@ -65,6 +67,7 @@ impl Connection {
             stream,
             client_id: StrBytes::from_string(config.client_id.clone()),
             correlation: 0,
+            in_flight: false,
             versions: HashMap::new(),
         };
         // ApiVersions v0 is understood by every broker, old or new.
@@ -81,6 +84,11 @@ impl Connection {
             connection.authenticate(sasl).await?;
         }
         Ok(connection)
+    }
+
+    /// Whether a call on this connection was dropped before its answer was read.
+    pub(crate) fn interrupted(&self) -> bool {
+        self.in_flight
     }
 
     /// The highest version of `R` both sides speak, within `ours` (the versions whose
@@ -145,6 +153,7 @@ impl Connection {
             broker: self.broker.clone(),
             source: Arc::new(source),
         };
+        self.in_flight = true;
         self.stream.write_all(&frame).await.map_err(io)?;
         self.stream.flush().await.map_err(io)?;
         let size = self.stream.read_i32().await.map_err(io)?;
@@ -154,6 +163,7 @@ impl Connection {
             .ok_or_else(|| protocol(format!("response size {size} out of bounds")))?;
         let mut body = vec![0; size];
         self.stream.read_exact(&mut body).await.map_err(io)?;
+        self.in_flight = false;
         let mut body = Bytes::from(body);
         let header = ResponseHeader::decode(&mut body, R::Response::header_version(version))
             .map_err(|e| protocol(format!("cannot decode the header: {e}")))?;

@@ -12,14 +12,26 @@ use crate::config::Mechanism;
 /// the client spin (Kafka allows 4,096 to 16,384).
 const MAX_ITERATIONS: u32 = 1_000_000;
 
+/// Fewer iterations than Kafka's minimum: a man in the middle asking for fewer would make
+/// the client's proof cheap to brute-force offline (Kafka's own client refuses them too).
+const MIN_ITERATIONS: u32 = 4096;
+
 /// One SCRAM exchange.
-#[derive(Debug)]
 pub(crate) struct Client {
     mechanism: Mechanism,
     password: String,
     first_bare: String,
     nonce: String,
     server_signature: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("mechanism", &self.mechanism)
+            .field("first_bare", &self.first_bare)
+            .finish_non_exhaustive()
+    }
 }
 
 fn mac(mechanism: Mechanism, key: &[u8], data: &[u8]) -> Vec<u8> {
@@ -106,7 +118,7 @@ impl Client {
         let iterations: u32 = field('i')?
             .parse()
             .ok()
-            .filter(|i| (1..=MAX_ITERATIONS).contains(i))
+            .filter(|i| (MIN_ITERATIONS..=MAX_ITERATIONS).contains(i))
             .ok_or_else(|| "the server's SCRAM iteration count is out of bounds".to_owned())?;
         let m = self.mechanism;
         let salted = salted_password(m, self.password.as_bytes(), &salt, iterations);
@@ -172,13 +184,18 @@ mod tests {
 
     #[test]
     fn a_hostile_challenge_is_refused() {
-        let mut client = Client::with_nonce(Mechanism::ScramSha512, "u=,x", "p", "abc");
+        let mut client = Client::with_nonce(Mechanism::ScramSha512, "u=,x", "hunter2", "abc");
         assert_eq!(client.first(), "n,,n=u=3D=2Cx,r=abc");
+        assert!(
+            !format!("{client:?}").contains("hunter2"),
+            "no password in Debug"
+        );
         for challenge in [
             &b"r=zzz,s=AAAA,i=4096"[..],
             b"r=abc,s=AAAA,i=4096",
             b"r=abcd,s=!!,i=4096",
             b"r=abcd,s=AAAA,i=4000000000",
+            b"r=abcd,s=AAAA,i=1",
             b"r=abcd,s=AAAA",
             b"\xff",
         ] {

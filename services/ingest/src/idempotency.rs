@@ -1,9 +1,11 @@
 //! `Idempotency-Key`: a retried request gets the first answer and publishes nothing twice.
 //!
 //! The first request with a key runs; concurrent ones with the same key wait for it; later
-//! ones within the window replay its answer. Only successes are remembered: a failed
+//! ones within the window replay its answer. Only successes are answered again: a failed
 //! request (503, say), or one whose handler was dropped (the client went away), may be
-//! retried for real. Reusing a key for a different request is an error.
+//! retried for real, but its time is kept, so the retry derives the same ids (a 503 after an
+//! acknowledgement timeout may still have been published: the copies then share their ids).
+//! Reusing a key for a different request is an error.
 //!
 //! An answer is remembered as a fingerprint of the request, the number of events it
 //! accepted and the time it was accepted at, not as its ids: an id is that time followed by
@@ -32,7 +34,14 @@ pub const ENTRY_BYTES: usize = 1024;
 enum Entry {
     Running {
         fingerprint: [u8; 32],
+        accepted_at_ms: u64,
         done: Arc<Notify>,
+    },
+    /// Failed or dropped: nothing to replay, but a retry of the same request reuses its time.
+    Abandoned {
+        fingerprint: [u8; 32],
+        accepted_at_ms: u64,
+        completed: Instant,
     },
     Done {
         fingerprint: [u8; 32],
@@ -79,20 +88,26 @@ impl std::fmt::Debug for Store {
 }
 
 /// A request told to proceed. Completing it remembers its answer; dropping it (a failed
-/// request, or a handler dropped mid-flight) forgets it.
+/// request, or a handler dropped mid-flight) leaves only its time, for a retry's ids.
 #[derive(Debug)]
 pub struct Running {
     store: Arc<Store>,
     key: Option<Key>,
+    accepted_at_ms: u64,
 }
 
 impl Running {
-    /// Remembers that the request accepted `accepted` events at `accepted_at_ms` (Unix
-    /// milliseconds, the time part of their ids).
-    pub fn complete(mut self, accepted: usize, accepted_at_ms: u64) {
+    /// The request's time (Unix milliseconds): the first attempt's, for a retry of a
+    /// request that failed or was dropped. The time part of its ids and its envelopes' time.
+    pub fn accepted_at_ms(&self) -> u64 {
+        self.accepted_at_ms
+    }
+
+    /// Remembers that the request accepted `accepted` events.
+    pub fn complete(mut self, accepted: usize) {
         if let Some(key) = self.key.take() {
             self.store
-                .complete_at(&key, accepted, accepted_at_ms, Instant::now());
+                .complete_at(&key, accepted, self.accepted_at_ms, Instant::now());
         }
     }
 }
@@ -119,8 +134,9 @@ impl Store {
         self.entries.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Decides what to do with a request carrying `key` whose content hashes to `fingerprint`.
-    pub async fn begin(self: &Arc<Self>, key: &Key, fingerprint: [u8; 32]) -> Begin {
+    /// Decides what to do with a request carrying `key` whose content hashes to
+    /// `fingerprint`, arriving at `now_ms` (Unix milliseconds).
+    pub async fn begin(self: &Arc<Self>, key: &Key, fingerprint: [u8; 32], now_ms: u64) -> Begin {
         loop {
             let done = {
                 let mut guard = self.lock();
@@ -144,23 +160,40 @@ impl Store {
                     Some(Entry::Running {
                         fingerprint: f,
                         done,
+                        ..
                     }) => {
                         if *f != fingerprint {
                             return Begin::Conflict;
                         }
                         done.clone()
                     }
-                    _ => {
+                    other => {
+                        // A retry of the same request that failed within the window keeps
+                        // its first time (and so its ids).
+                        let accepted_at_ms = match other {
+                            Some(Entry::Abandoned {
+                                fingerprint: f,
+                                accepted_at_ms,
+                                completed,
+                            }) if *f == fingerprint
+                                && *completed + self.window > Instant::now() =>
+                            {
+                                *accepted_at_ms
+                            }
+                            _ => now_ms,
+                        };
                         map.insert(
                             key.clone(),
                             Entry::Running {
                                 fingerprint,
+                                accepted_at_ms,
                                 done: Arc::new(Notify::new()),
                             },
                         );
                         return Begin::Proceed(Running {
                             store: self.clone(),
                             key: Some(key.clone()),
+                            accepted_at_ms,
                         });
                     }
                 }
@@ -186,7 +219,9 @@ impl Store {
         let mut guard = self.lock();
         let (map, order) = &mut *guard;
         let waiters = match map.get(key) {
-            Some(Entry::Running { fingerprint, done }) => Some((*fingerprint, done.clone())),
+            Some(Entry::Running {
+                fingerprint, done, ..
+            }) => Some((*fingerprint, done.clone())),
             _ => None,
         };
         if let Some((fingerprint, done)) = waiters {
@@ -202,11 +237,20 @@ impl Store {
             order.push_back((now, key.clone()));
             done.notify_waiters();
         }
-        // Forget the oldest answers beyond the capacity, and expired ones at the front. A
-        // queue entry forgets its key only if the key still holds that completion: a key
-        // completed again since is queued again, for its new completion.
-        // The queue holds every remembered answer (and stale entries of keys completed
-        // again): bounding it bounds them, whatever runs meanwhile.
+        self.evict(map, order, now);
+    }
+
+    /// Forgets the oldest entries beyond the capacity, and expired ones at the front. A
+    /// queue entry forgets its key only if the key still holds that completion: a key
+    /// completed (or abandoned) again since is queued again, for its new completion. The
+    /// queue holds every remembered entry (and stale entries of keys completed again):
+    /// bounding it bounds them, whatever runs meanwhile.
+    fn evict(
+        &self,
+        map: &mut HashMap<Key, Entry>,
+        order: &mut VecDeque<(Instant, Key)>,
+        now: Instant,
+    ) {
         while order.len() > self.capacity
             || order
                 .front()
@@ -215,19 +259,40 @@ impl Store {
             let Some((at, old)) = order.pop_front() else {
                 break;
             };
-            if matches!(map.get(&old), Some(Entry::Done { completed, .. }) if *completed == at) {
+            if matches!(
+                map.get(&old),
+                Some(Entry::Done { completed, .. } | Entry::Abandoned { completed, .. })
+                    if *completed == at
+            ) {
                 map.remove(&old);
             }
         }
     }
 
-    /// Forgets a request that failed, waking any retry waiting for it.
+    /// Forgets a request that failed, keeping its time for a retry, and wakes any retry
+    /// waiting for it.
     fn abandon(&self, key: &Key) {
+        let now = Instant::now();
         let mut guard = self.lock();
-        if matches!(guard.0.get(key), Some(Entry::Running { .. })) {
-            if let Some(Entry::Running { done, .. }) = guard.0.remove(key) {
-                done.notify_waiters();
-            }
+        let (map, order) = &mut *guard;
+        // Only its own guard abandons a running request.
+        if let Some(Entry::Running {
+            fingerprint,
+            accepted_at_ms,
+            done,
+        }) = map.remove(key)
+        {
+            map.insert(
+                key.clone(),
+                Entry::Abandoned {
+                    fingerprint,
+                    accepted_at_ms,
+                    completed: now,
+                },
+            );
+            order.push_back((now, key.clone()));
+            done.notify_waiters();
+            self.evict(map, order, now);
         }
     }
 
@@ -251,7 +316,7 @@ mod tests {
     }
 
     async fn proceed(store: &Arc<Store>, k: &str) -> Running {
-        match store.begin(&key(k), [1; 32]).await {
+        match store.begin(&key(k), [1; 32], 7).await {
             Begin::Proceed(running) => running,
             other => panic!("{k}: {other:?}"),
         }
@@ -260,29 +325,65 @@ mod tests {
     #[tokio::test]
     async fn a_completed_request_is_replayed_and_a_different_one_conflicts() {
         let store = Store::new(Duration::from_secs(60), 10);
-        proceed(&store, "a").await.complete(1, 7);
+        proceed(&store, "a").await.complete(1);
         assert!(matches!(
-            store.begin(&key("a"), [1; 32]).await,
+            store.begin(&key("a"), [1; 32], 7).await,
             Begin::Replay {
                 accepted: 1,
                 accepted_at_ms: 7
             }
         ));
         assert!(matches!(
-            store.begin(&key("a"), [2; 32]).await,
+            store.begin(&key("a"), [2; 32], 7).await,
             Begin::Conflict
         ));
     }
 
     #[tokio::test]
-    async fn a_failed_or_dropped_request_can_be_retried_for_real() {
+    async fn a_failed_or_dropped_request_is_retried_for_real_with_its_first_time() {
         let store = Store::new(Duration::from_secs(60), 10);
-        drop(proceed(&store, "a").await);
-        let again = tokio::time::timeout(Duration::from_secs(5), proceed(&store, "a"))
-            .await
-            .expect("not left running");
+        drop(proceed(&store, "a").await); // at 7
+        // The retry comes later, but derives the same ids: it keeps the first time.
+        let again = tokio::time::timeout(
+            Duration::from_secs(5),
+            store.begin(&key("a"), [1; 32], 9_000),
+        )
+        .await
+        .expect("not left running");
+        let Begin::Proceed(again) = again else {
+            panic!("{again:?}")
+        };
+        assert_eq!(again.accepted_at_ms(), 7);
         drop(again);
-        assert!(store.is_empty());
+        // Other content under the key is another request: its own time.
+        let Begin::Proceed(other) = store.begin(&key("a"), [2; 32], 9_000).await else {
+            panic!()
+        };
+        assert_eq!(other.accepted_at_ms(), 9_000);
+        other.complete(1);
+        assert_eq!(store.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_remembered_failure_expires_with_the_window() {
+        let store = Store::new(Duration::from_secs(60), 10);
+        // Abandoned two minutes ago.
+        store.lock().0.insert(
+            key("a"),
+            Entry::Abandoned {
+                fingerprint: [1; 32],
+                accepted_at_ms: 7,
+                completed: Instant::now() - Duration::from_secs(120),
+            },
+        );
+        let Begin::Proceed(late) = store.begin(&key("a"), [1; 32], 9_000).await else {
+            panic!()
+        };
+        assert_eq!(
+            late.accepted_at_ms(),
+            9_000,
+            "past the window: a new request"
+        );
     }
 
     #[tokio::test]
@@ -298,7 +399,7 @@ mod tests {
         };
         let waiter = {
             let store = store.clone();
-            tokio::spawn(async move { store.begin(&key("a"), [1; 32]).await })
+            tokio::spawn(async move { store.begin(&key("a"), [1; 32], 7).await })
         };
         tokio::task::yield_now().await;
         first.abort();
@@ -315,11 +416,11 @@ mod tests {
         let running = proceed(&store, "a").await;
         let waiter = {
             let store = store.clone();
-            tokio::spawn(async move { store.begin(&key("a"), [1; 32]).await })
+            tokio::spawn(async move { store.begin(&key("a"), [1; 32], 7).await })
         };
         tokio::task::yield_now().await;
         assert!(!waiter.is_finished());
-        running.complete(2, 7);
+        running.complete(2);
         assert!(matches!(
             waiter.await.unwrap(),
             Begin::Replay {
@@ -333,7 +434,7 @@ mod tests {
     async fn answers_expire_after_the_window_and_beyond_capacity() {
         let small = Store::new(Duration::from_secs(60), 2);
         for k in ["x", "y", "z"] {
-            proceed(&small, k).await.complete(1, 7);
+            proceed(&small, k).await.complete(1);
         }
         drop(proceed(&small, "x").await); // oldest forgotten
         assert_eq!(small.len(), 2);
@@ -342,11 +443,11 @@ mod tests {
     #[tokio::test]
     async fn running_requests_do_not_evict_remembered_answers() {
         let store = Store::new(Duration::from_secs(60), 2);
-        proceed(&store, "done").await.complete(1, 7);
+        proceed(&store, "done").await.complete(1);
         let _running: Vec<Running> = proceed_all(&store, &["r1", "r2", "r3"]).await;
-        proceed(&store, "also-done").await.complete(1, 7);
+        proceed(&store, "also-done").await.complete(1);
         assert!(matches!(
-            store.begin(&key("done"), [1; 32]).await,
+            store.begin(&key("done"), [1; 32], 7).await,
             Begin::Replay {
                 accepted: 1,
                 accepted_at_ms: 7
@@ -371,6 +472,7 @@ mod tests {
             key("a"),
             Entry::Running {
                 fingerprint: [1; 32],
+                accepted_at_ms: 7,
                 done: Arc::new(Notify::new()),
             },
         );
@@ -380,6 +482,7 @@ mod tests {
             key("a"),
             Entry::Running {
                 fingerprint: [1; 32],
+                accepted_at_ms: 7,
                 done: Arc::new(Notify::new()),
             },
         );

@@ -389,7 +389,12 @@ async fn accept(
             fingerprint,
             accepted_at_ms,
         };
-        let running = match state.idempotency.begin(&store_key, fingerprint).await {
+        let now_ms = u64::try_from(now.timestamp_millis()).unwrap_or(0);
+        let running = match state
+            .idempotency
+            .begin(&store_key, fingerprint, now_ms)
+            .await
+        {
             // The first answer, its ids derived again from its acceptance time.
             Begin::Replay {
                 accepted,
@@ -401,17 +406,20 @@ async fn accept(
             Begin::Conflict => return Err(ApiError::IdempotencyConflict),
             Begin::Proceed(running) => running,
         };
-        // The ids' time part is the envelopes' time.
-        let accepted_at_ms = u64::try_from(now.timestamp_millis()).unwrap_or(0);
+        // The ids' time part is the envelopes' time: the first attempt's, for a retry of a
+        // request that failed (a 503 after an acknowledgement timeout may have been
+        // published: the copies then share ids and content).
+        let accepted_at_ms = running.accepted_at_ms();
         let ids = derive(accepted_at_ms);
+        let now = i64::try_from(accepted_at_ms)
+            .ok()
+            .and_then(chrono::DateTime::<Utc>::from_timestamp_millis)
+            .unwrap_or(now);
         // Dropped without completing (an error, or this handler dropped mid-flight), the
         // key is forgotten and waiting retries run for real.
         let result = publish(state, route, product_id, headers, &bytes, now, &ids).await;
         if let Ok(body) = &result {
-            running.complete(
-                body["accepted"].as_u64().unwrap_or(0) as usize,
-                accepted_at_ms,
-            );
+            running.complete(body["accepted"].as_u64().unwrap_or(0) as usize);
         }
         return result;
     }

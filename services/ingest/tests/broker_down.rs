@@ -71,6 +71,20 @@ async fn a_stopped_broker_means_503_and_not_ready_until_it_returns() {
         "{reasons}"
     );
 
+    // A keyed request that failed in the outage: its retry after the outage derives the
+    // same ids as the failed attempt (which may have been published after all), so its ids
+    // carry the first attempt's time.
+    let keyed = || {
+        api.http
+            .post(format!("{}/v1/stock", api.base))
+            .header("idempotency-key", "outage-retry")
+            .json(&json!({"product_id": "p-2", "quantity": 4}))
+            .send()
+    };
+    let first_attempt = chrono::Utc::now().timestamp_millis();
+    assert_eq!(keyed().await.unwrap().status(), 503);
+    let failed_by = chrono::Utc::now().timestamp_millis();
+
     broker.restart().unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -87,5 +101,14 @@ async fn a_stopped_broker_means_503_and_not_ready_until_it_returns() {
         assert!(Instant::now() < deadline, "never ready again");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let retried = keyed().await.unwrap();
+    assert_eq!(retried.status(), 202);
+    let body: Value = retried.json().await.unwrap();
+    let id = ulid::Ulid::from_string(body["ids"][0].as_str().unwrap()).unwrap();
+    let at = id.timestamp_ms() as i64;
+    assert!(
+        (first_attempt..=failed_by).contains(&at),
+        "the retry's id keeps the failed attempt's time: {at} not in {first_attempt}..={failed_by}"
+    );
     api.stop().await;
 }

@@ -45,7 +45,8 @@ pub struct GroupLag {
     pub complete: f64,
     /// Active members when last read.
     pub members: usize,
-    /// Why the group could not be read (ERR only).
+    /// Why the group could not be read (then ERR), or described (members unknown; its
+    /// status still comes from its offsets).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     /// Partitions the group committed offsets for or has assigned, by topic and number.
@@ -191,6 +192,11 @@ impl LagMonitor {
                 _ => BTreeSet::new(),
             };
             let members = description.map_or(0, |d| d.members.len());
+            // Members unknown is worth saying, though the offsets still judge the group.
+            let described_error = match described.get(&g.group) {
+                Some(Err(e)) => Some(format!("cannot describe the group: {e}")),
+                _ => None,
+            };
             let offsets = match committed.get(&g.group) {
                 Some(Ok(offsets)) => Ok(offsets
                     .iter()
@@ -204,7 +210,13 @@ impl LagMonitor {
                 wanted.extend(offsets.keys().cloned());
                 wanted.extend(assigned.iter().cloned());
             }
-            groups.push((g.group.clone(), members, assigned, offsets));
+            groups.push(GroupRead {
+                name: g.group.clone(),
+                members,
+                assigned,
+                offsets,
+                described_error,
+            });
         }
         let ends = self.cluster.high_watermarks(&metadata, &wanted).await;
         Ok(self.evaluate(groups, &ends))
@@ -230,10 +242,21 @@ impl LagMonitor {
 
         let mut report = LagReport::default();
         let mut seen = BTreeSet::new();
-        for (name, members, assigned, offsets) in groups {
+        // Groups that could not be read this round: unreadable is not gone, their windows
+        // are kept.
+        let mut unread = BTreeSet::new();
+        for GroupRead {
+            name,
+            members,
+            assigned,
+            offsets,
+            described_error,
+        } in groups
+        {
             let offsets = match offsets {
                 Ok(offsets) => offsets,
                 Err(error) => {
+                    unread.insert(name.clone());
                     report.groups.push(GroupLag {
                         group: name,
                         status: Status::Err,
@@ -253,9 +276,12 @@ impl LagMonitor {
                 let end = ends.get(&key).and_then(|e| e.as_ref().ok()).copied();
                 let committed = offsets.get(&key).copied();
                 let history_key = (name.clone(), key.0.clone(), key.1);
+                if committed.is_some() {
+                    // Kept even when the end could not be read this round.
+                    seen.insert(history_key.clone());
+                }
                 let evaluation = match (committed, end) {
                     (Some(committed), Some(end)) => {
-                        seen.insert(history_key.clone());
                         let history = self.history.entry(history_key).or_default();
                         // A commit is known when the offset changed since the last reading.
                         if history.commits.back().map(|c| c.offset) != Some(committed) {
@@ -313,25 +339,29 @@ impl LagMonitor {
                 status: group.status,
                 complete: group.complete,
                 members,
-                error: None,
+                error: described_error,
                 partitions,
             });
         }
         // Forget groups and partitions that are gone.
-        self.history.retain(|k, _| seen.contains(k));
+        self.history
+            .retain(|k, _| seen.contains(k) || unread.contains(&k.0));
         report.groups.sort_by(|a, b| a.group.cmp(&b.group));
         report
     }
 }
 
-/// One group as read: name, member count, assigned partitions, committed offsets (or why
-/// they could not be read).
-type GroupRead = (
-    String,
-    usize,
-    BTreeSet<TopicPartition>,
-    Result<BTreeMap<TopicPartition, i64>, String>,
-);
+/// One group as read.
+#[derive(Debug)]
+struct GroupRead {
+    name: String,
+    members: usize,
+    assigned: BTreeSet<TopicPartition>,
+    /// Committed offsets, or why they could not be read.
+    offsets: Result<BTreeMap<TopicPartition, i64>, String>,
+    /// Why the group could not be described (members unknown), if so.
+    described_error: Option<String>,
+}
 
 /// Sends the report as gauges.
 pub fn export(report: &LagReport) {

@@ -101,6 +101,13 @@ pub struct Evaluation {
 /// full yet is evaluated too (and says how full it is in `complete`), unless it is less
 /// complete than `minimum_complete` (Burrow's `minimum-complete`, 0 by default), when it is
 /// OK. `allowed_lag` is Burrow's `allowed-lag`.
+///
+/// One difference: a window of a single commit is not STALL. Burrow's stall rule holds
+/// trivially for one commit, so every lagging partition would read STALL (and its group
+/// ERR) the first time it is seen: at every monitor start and for every new group. Burrow
+/// rarely sees such a window (it replays `__consumer_offsets`); a monitor that reads offsets
+/// sees one for each partition at its first reading. A consumer that is really stuck reads
+/// STOP at the next reading instead (a one-commit window spans no time).
 pub fn evaluate(
     partition: &Partition<'_>,
     now_ms: i64,
@@ -121,13 +128,16 @@ pub fn evaluate(
         1.0
     };
     let status = if complete >= minimum_complete {
-        status(
+        match status(
             commits,
             partition.broker_offsets,
             partition.current_lag,
             now_ms,
             allowed_lag,
-        )
+        ) {
+            Status::Stall if commits.len() < 2 => Status::Ok,
+            judged => judged,
+        }
     } else {
         Status::Ok
     };
@@ -587,6 +597,18 @@ mod tests {
                 complete: 0.2
             }
         );
+        // One commit is no trend: not STALL at first sight (Burrow would say STALL); STOP
+        // once that commit is older than the (empty) span of its window.
+        let one = commits(&[(10, 1000, Some(5))]);
+        let first_sight = Partition {
+            commits: &one,
+            capacity: 10,
+            broker_offsets: &[15],
+            current_lag: 5,
+        };
+        assert_eq!(status(&one, &[15], 5, 1000, 0), Status::Stall, "Burrow");
+        assert_eq!(evaluate(&first_sight, 1000, 0, 0.0).status, Status::Ok);
+        assert_eq!(evaluate(&first_sight, 1001, 0, 0.0).status, Status::Stop);
         // Below the configured minimum it is not judged.
         assert_eq!(evaluate(&partition, 2500, 0, 0.5).status, Status::Ok);
         let none = Partition {
