@@ -1,9 +1,21 @@
-//! `trib`, the operator CLI: applies declared topics (and, as the suite grows, tails topics,
-//! inspects dead letters and replays groups).
+//! `trib`, the operator CLI: topics as code, tailing topics, consumer groups and their lag
+//! (Burrow's rules, shared with metrics-emitter), and replaying a group from another offset.
+//! Every command reads `--brokers` (`KAFKA_BROKERS`) and librdkafka settings (`-X key=value`
+//! or `KAFKA_CONFIG`), prints text for people or JSON lines with `--json`, and exits
+//! non-zero with a sentence naming what went wrong.
 
+mod groups;
+mod output;
+mod replay;
+mod tail;
 mod topics;
 
+use std::process::ExitCode;
+
+use anyhow::Context;
 use clap::{Parser, Subcommand};
+use tributary_cluster::{Cluster, ClusterConfig};
+use tributary_runtime::rdkafka::ClientConfig;
 
 /// The Tributary operator CLI.
 #[derive(Debug, Parser)]
@@ -21,6 +33,12 @@ struct Cli {
     /// (or `;`, so values may hold commas), read like the services read `KAFKA_CONFIG`.
     #[arg(long, env = "KAFKA_CONFIG", global = true, value_parser = tributary_runtime::config::parse_setting)]
     kafka_config: Vec<tributary_runtime::config::KafkaSetting>,
+    /// One librdkafka property, `key=value` (repeatable), as kcat takes them.
+    #[arg(short = 'X', global = true, value_name = "KEY=VALUE")]
+    property: Vec<String>,
+    /// JSON lines instead of text.
+    #[arg(long, global = true)]
+    json: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -30,17 +48,70 @@ enum Command {
     /// Manage the topics declared in deploy/topics.yaml.
     #[command(subcommand)]
     Topics(topics::TopicsCommand),
+    /// Print a topic's records as decoded envelopes (a reader: no group, no commits).
+    Tail(tail::TailArgs),
+    /// Every consumer group: state, members, committed offsets and lag.
+    Groups(groups::GroupsArgs),
+    /// Consumer lag with Burrow's status per group and partition (the rules metrics-emitter
+    /// uses), from a few readings.
+    Lag(groups::LagArgs),
+    /// Move a stopped group's committed offsets (to rebuild derived state, or replay after
+    /// a fix).
+    Replay(replay::ReplayArgs),
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+/// What every command is given.
+#[derive(Debug)]
+pub(crate) struct Context_ {
+    /// librdkafka settings (bootstrap servers included).
+    pub(crate) client: ClientConfig,
+    /// JSON lines.
+    pub(crate) json: bool,
+}
+
+impl Context_ {
+    /// The protocol client, with the same settings.
+    pub(crate) fn cluster(&self) -> anyhow::Result<Cluster> {
+        ClusterConfig::from_properties(self.client.config_map())
+            .and_then(Cluster::new)
+            .context("cluster client")
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     let mut extra = Vec::new();
     for setting in &cli.kafka_config {
         extra.extend(tributary_runtime::kafka::parse_properties(&setting.0)?);
     }
-    let config = tributary_runtime::kafka::client_config(&cli.brokers, &extra);
+    for property in &cli.property {
+        let (key, value) = property
+            .split_once('=')
+            .filter(|(k, _)| !k.trim().is_empty())
+            .with_context(|| format!("-X {property}: expected key=value"))?;
+        extra.push((key.trim().to_owned(), value.trim().to_owned()));
+    }
+    let client = tributary_runtime::kafka::client_config(&cli.brokers, &extra);
+    let context = Context_ {
+        client,
+        json: cli.json,
+    };
     match cli.command {
-        Command::Topics(command) => topics::run(command, &config).await,
+        Command::Topics(command) => topics::run(command, &context.client).await,
+        Command::Tail(args) => tail::run(args, &context).await,
+        Command::Groups(args) => groups::groups(args, &context).await,
+        Command::Lag(args) => groups::lag(args, &context).await,
+        Command::Replay(args) => replay::run(args, &context).await,
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("trib: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }

@@ -26,6 +26,11 @@ use tokio::sync::Mutex as AsyncMutex;
 use crate::connection::{Connection, api_name};
 use crate::{ClusterConfig, Error, TopicPartition, tls};
 
+/// [`Cluster::list_offsets`]: the earliest offset still held.
+pub const EARLIEST: i64 = -2;
+/// [`Cluster::list_offsets`]: the high watermark.
+pub const LATEST: i64 = -1;
+
 /// Topics, partitions and brokers.
 #[derive(Debug, Clone, Default)]
 pub struct Metadata {
@@ -589,6 +594,18 @@ impl Cluster {
         metadata: &Metadata,
         partitions: &BTreeSet<TopicPartition>,
     ) -> HashMap<TopicPartition, Result<i64, Error>> {
+        self.list_offsets(metadata, partitions, LATEST).await
+    }
+
+    /// Each partition's offset for `timestamp`: [`EARLIEST`] (the low watermark),
+    /// [`LATEST`] (the high watermark), or Unix milliseconds (the first record at or after
+    /// it; -1 when there is none). One ListOffsets per leader, all leaders at once.
+    pub async fn list_offsets(
+        &self,
+        metadata: &Metadata,
+        partitions: &BTreeSet<TopicPartition>,
+        timestamp: i64,
+    ) -> HashMap<TopicPartition, Result<i64, Error>> {
         let mut out = HashMap::new();
         let mut by_leader = BTreeMap::<String, BTreeMap<String, Vec<i32>>>::new();
         for (topic, partition) in partitions {
@@ -637,7 +654,7 @@ impl Cluster {
                                             ListOffsetsPartition::default()
                                                 .with_partition_index(p)
                                                 .with_current_leader_epoch(-1)
-                                                .with_timestamp(-1)
+                                                .with_timestamp(timestamp)
                                         })
                                         .collect(),
                                 )

@@ -10,12 +10,15 @@
 mod client;
 mod config;
 mod connection;
+pub mod lag;
 mod scram;
 mod tls;
 
 use std::sync::Arc;
 
-pub use client::{Cluster, GroupDescription, ListedGroup, Member, Metadata, PartitionInfo};
+pub use client::{
+    Cluster, EARLIEST, GroupDescription, LATEST, ListedGroup, Member, Metadata, PartitionInfo,
+};
 pub use config::{ClusterConfig, Mechanism, SaslConfig, TlsConfig};
 pub use kafka_protocol::error::ResponseError;
 

@@ -44,8 +44,8 @@ impl EmitterConfig {
     }
 
     /// Burrow's evaluator settings.
-    pub fn lag_settings(&self) -> crate::monitor::Settings {
-        crate::monitor::Settings {
+    pub fn lag_settings(&self) -> tributary_cluster::lag::Settings {
+        tributary_cluster::lag::Settings {
             window: self.lag_window,
             allowed_lag: self.lag_allowed,
             minimum_complete: self.lag_min_complete,

@@ -2,11 +2,12 @@
 //! watches the lag of every consumer group on the cluster with Burrow's rules (`GET /lag`
 //! on its admin port, and gauges an autoscaler can follow).
 
-pub mod assignment;
 pub mod business;
 pub mod config;
 pub mod monitor;
-pub mod rules;
+
+/// Burrow's rules, shared with `trib lag`.
+pub use tributary_cluster::lag::rules;
 
 use std::sync::{Arc, RwLock};
 
