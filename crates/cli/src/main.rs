@@ -4,8 +4,10 @@
 //! or `KAFKA_CONFIG`), prints text for people or JSON lines with `--json`, and exits
 //! non-zero with a sentence naming what went wrong.
 
+mod dlq;
 mod groups;
 mod output;
+mod reader;
 mod replay;
 mod tail;
 mod topics;
@@ -55,6 +57,9 @@ enum Command {
     /// Consumer lag with Burrow's status per group and partition (the rules metrics-emitter
     /// uses), from a few readings.
     Lag(groups::LagArgs),
+    /// A group's dead letters: inspect them, send chosen ones back once fixed.
+    #[command(subcommand)]
+    Dlq(dlq::DlqCommand),
     /// Move a stopped group's committed offsets (to rebuild derived state, or replay after
     /// a fix).
     Replay(replay::ReplayArgs),
@@ -101,6 +106,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Groups(args) => groups::groups(args, &context).await,
         Command::Lag(args) => groups::lag(args, &context).await,
         Command::Replay(args) => replay::run(args, &context).await,
+        Command::Dlq(command) => dlq::run(command, &context).await,
     }
 }
 

@@ -3,22 +3,18 @@
 //! that is not a valid envelope is printed raw and flagged, never skipped.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use chrono::{DateTime, Utc};
 use clap::Args;
 use serde_json::{Value, json};
 use tributary_events::Envelope;
-use tributary_runtime::rdkafka::consumer::{BaseConsumer, Consumer};
+use tributary_runtime::rdkafka::consumer::Consumer;
 use tributary_runtime::rdkafka::message::Message;
 use tributary_runtime::rdkafka::{Offset, TopicPartitionList};
 
 use crate::Context_;
-use crate::output;
-
-/// How long a metadata or watermark request may take.
-const TIMEOUT: Duration = Duration::from_secs(10);
+use crate::{output, reader};
 
 /// `trib tail` arguments.
 #[derive(Debug, Args)]
@@ -104,17 +100,7 @@ pub(crate) async fn run(args: TailArgs, context: &Context_) -> anyhow::Result<()
         .iter()
         .map(|f| parse_filter(f))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let mut config = context.client.clone();
-    // A reader: never joins or commits. Short fetch waits unless set (a broker that holds
-    // every fetch for the full wait would otherwise pace the output).
-    config
-        .set("group.id", "trib-tail")
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("enable.partition.eof", "false");
-    if config.get("fetch.wait.max.ms").is_none() {
-        config.set("fetch.wait.max.ms", "10");
-    }
+    let config = context.client.clone();
     let json = context.json;
     tokio::task::spawn_blocking(move || tail(config, args, from, filters, json))
         .await
@@ -128,33 +114,13 @@ fn tail(
     filters: Vec<(Vec<String>, String)>,
     json: bool,
 ) -> anyhow::Result<()> {
-    let consumer: BaseConsumer = config.create().context("Kafka client")?;
+    let consumer = reader::consumer(&config)?;
     let topic = &args.topic;
-    let metadata = consumer
-        .fetch_metadata(Some(topic), TIMEOUT)
-        .with_context(|| {
-            format!(
-                "cannot read the cluster's metadata at {}",
-                config.get("bootstrap.servers").unwrap_or("?")
-            )
-        })?;
-    let partitions: Vec<i32> = metadata
-        .topics()
-        .iter()
-        .filter(|t| t.name() == topic && t.error().is_none())
-        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-        .collect();
-    if partitions.is_empty() {
-        bail!("no topic named {topic} on the cluster");
-    }
-
-    // Start and (unless following) stop offsets per partition.
+    let partitions = reader::partitions(&consumer, topic)
+        .with_context(|| format!("at {}", config.get("bootstrap.servers").unwrap_or("?")))?;
+    let mut starts = BTreeMap::new();
     let mut ends = BTreeMap::new();
-    let mut assignment = TopicPartitionList::new();
-    for &p in &partitions {
-        let (low, high) = consumer
-            .fetch_watermarks(topic, p, TIMEOUT)
-            .with_context(|| format!("cannot read {topic}/{p}'s offsets"))?;
+    for (&p, &(low, high)) in &partitions {
         let start = match &from {
             From::Beginning => low,
             From::End => high,
@@ -163,7 +129,7 @@ fn tail(
                 let mut query = TopicPartitionList::new();
                 query.add_partition_offset(topic, p, Offset::Offset(t.timestamp_millis()))?;
                 let found = consumer
-                    .offsets_for_times(query, TIMEOUT)
+                    .offsets_for_times(query, reader::TIMEOUT)
                     .with_context(|| format!("cannot look up {topic}/{p} by time"))?;
                 match found.elements().first().map(|e| e.offset()) {
                     Some(Offset::Offset(o)) if o >= 0 => o,
@@ -171,34 +137,13 @@ fn tail(
                 }
             }
         };
+        starts.insert(p, start);
         ends.insert(p, high);
-        assignment.add_partition_offset(topic, p, Offset::Offset(start))?;
-        if !args.follow && start >= high {
-            ends.remove(&p);
-        }
     }
-    if !args.follow && ends.is_empty() {
-        return Ok(());
-    }
-    consumer
-        .assign(&assignment)
-        .context("assigning partitions")?;
-    loop {
-        let Some(message) = consumer.poll(Duration::from_millis(200)) else {
-            continue;
-        };
-        let message = message.context("reading")?;
-        let (partition, offset) = (message.partition(), message.offset());
-        print(&message, &args, &filters, json);
-        if !args.follow {
-            if ends.get(&partition).is_some_and(|end| offset + 1 >= *end) {
-                ends.remove(&partition);
-            }
-            if ends.is_empty() {
-                return Ok(());
-            }
-        }
-    }
+    reader::read(&consumer, topic, &starts, &ends, args.follow, |message| {
+        print(message, &args, &filters, json);
+        Ok(())
+    })
 }
 
 fn print(
