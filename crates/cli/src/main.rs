@@ -7,6 +7,7 @@
 mod dlq;
 mod groups;
 mod output;
+mod produce;
 mod reader;
 mod replay;
 mod tail;
@@ -52,6 +53,8 @@ enum Command {
     Topics(topics::TopicsCommand),
     /// Print a topic's records as decoded envelopes (a reader: no group, no commits).
     Tail(tail::TailArgs),
+    /// Send NDJSON (envelopes, or payloads validated and wrapped as ingest does) to a topic.
+    Produce(produce::ProduceArgs),
     /// Every consumer group: state, members, committed offsets and lag.
     Groups(groups::GroupsArgs),
     /// Consumer lag with Burrow's status per group and partition (the rules metrics-emitter
@@ -107,6 +110,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Lag(args) => groups::lag(args, &context).await,
         Command::Replay(args) => replay::run(args, &context).await,
         Command::Dlq(command) => dlq::run(command, &context).await,
+        Command::Produce(args) => produce::run(args, &context).await,
     }
 }
 

@@ -427,3 +427,83 @@ async fn hostile_input_is_a_clear_error_not_a_panic() {
         .unwrap();
     failed(&unreachable, &format!("127.0.0.1:{port}"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn produce_validates_every_line_then_sends_and_reports_acknowledgements() {
+    let broker = TestBroker::shared();
+    let stock = tributary_events::topics::STOCK;
+    broker.create_named_topic(stock, 1).await.unwrap();
+    let dir = std::env::temp_dir().join(unique_name("produce"));
+    std::fs::create_dir_all(&dir).unwrap();
+
+    // Bare payloads, validated and wrapped as ingest does.
+    let payloads = dir.join("stock.ndjson");
+    std::fs::write(
+        &payloads,
+        "{\"product_id\": \"p-1\", \"quantity\": 3}\n\n{\"product_id\": \"p-2\", \"quantity\": 0}\n",
+    )
+    .unwrap();
+    let acked = json_lines(&ok(&trib(
+        broker,
+        &["produce", stock, payloads.to_str().unwrap(), "--json"],
+    )));
+    assert_eq!(acked.len(), 2);
+    assert_eq!(acked[1]["line"], 3);
+    let on_topic = json_lines(&ok(&trib(broker, &["tail", stock, "--json"])));
+    let ids: Vec<&Value> = on_topic.iter().map(|r| &r["envelope"]["id"]).collect();
+    assert_eq!(ids, [&acked[0]["id"], &acked[1]["id"]]);
+    assert_eq!(on_topic[0]["envelope"]["type"], "catalog.stock.changed");
+    assert_eq!(on_topic[0]["key"], "p-1");
+    assert_eq!(on_topic[1]["envelope"]["data"]["quantity"], 0);
+
+    // One bad line: nothing is sent, and the line and field are named.
+    let mixed = dir.join("mixed.ndjson");
+    std::fs::write(
+        &mixed,
+        "{\"product_id\": \"p-3\", \"quantity\": 1}\n{\"product_id\": \"p-4\", \"quantity\": \"lots\"}\nnot json\n",
+    )
+    .unwrap();
+    let refused = trib(broker, &["produce", stock, mixed.to_str().unwrap()]);
+    failed(&refused, "line 2: /quantity");
+    failed(&refused, "line 3: not JSON");
+    assert_eq!(
+        ok(&trib(broker, &["tail", stock])).lines().count(),
+        2,
+        "nothing sent"
+    );
+
+    // Envelopes from standard input go to any topic as they are.
+    let topic = broker.create_topic("produce", 1).await.unwrap();
+    let envelope = activity(ActivityKind::ProductViewed, "p-9");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_trib"))
+        .args(["produce", &topic, "-"])
+        .env("KAFKA_BROKERS", broker.bootstrap())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        writeln!(stdin, "{}", envelope.to_json()).unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("1 record(s) acknowledged"), "{stderr}");
+    let read = json_lines(&ok(&trib(broker, &["tail", &topic, "--json"])));
+    assert_eq!(read[0]["envelope"]["id"], envelope.id.to_string());
+
+    failed(
+        &trib(
+            broker,
+            &["produce", "no-such-topic", payloads.to_str().unwrap()],
+        ),
+        "no topic named",
+    );
+    failed(
+        &trib(broker, &["produce", &topic, payloads.to_str().unwrap()]),
+        "write envelopes",
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
