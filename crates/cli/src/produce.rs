@@ -104,6 +104,16 @@ pub(crate) async fn run(args: ProduceArgs, context: &Context_) -> anyhow::Result
                 .context("cannot read standard input")?;
         }
     }
+    // The topic must exist: producing would otherwise create it with the broker's defaults.
+    let config = context.client.clone();
+    let topic = args.topic.clone();
+    tokio::task::spawn_blocking(move || {
+        let consumer = reader::consumer(&config)?;
+        reader::partitions(&consumer, &topic).map(|_| ())
+    })
+    .await
+    .context("checking the topic")??;
+
     let mut envelopes = Vec::new();
     let mut problems = Vec::new();
     for (n, line) in text.lines().enumerate() {
@@ -128,16 +138,6 @@ pub(crate) async fn run(args: ProduceArgs, context: &Context_) -> anyhow::Result
     if envelopes.is_empty() {
         bail!("no records: the input is empty");
     }
-    // The topic must exist: producing would otherwise create it with the broker's defaults.
-    let config = context.client.clone();
-    let topic = args.topic.clone();
-    tokio::task::spawn_blocking(move || {
-        let consumer = reader::consumer(&config)?;
-        reader::partitions(&consumer, &topic).map(|_| ())
-    })
-    .await
-    .context("checking the topic")??;
-
     let producer: FutureProducer = context
         .client
         .clone()
