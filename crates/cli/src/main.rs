@@ -4,6 +4,7 @@
 //! or `KAFKA_CONFIG`), prints text for people or JSON lines with `--json`, and exits
 //! non-zero with a sentence naming what went wrong.
 
+mod backup;
 mod dlq;
 mod groups;
 mod output;
@@ -60,6 +61,10 @@ enum Command {
     /// Consumer lag with Burrow's status per group and partition (the rules metrics-emitter
     /// uses), from a few readings.
     Lag(groups::LagArgs),
+    /// Back up topics: a compressed NDJSON file per partition and a manifest.
+    Backup(backup::BackupArgs),
+    /// Restore a backup into (empty) topics, in order, with the original timestamps.
+    Restore(backup::RestoreArgs),
     /// A group's dead letters: inspect them, send chosen ones back once fixed.
     #[command(subcommand)]
     Dlq(dlq::DlqCommand),
@@ -111,6 +116,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Replay(args) => replay::run(args, &context).await,
         Command::Dlq(command) => dlq::run(command, &context).await,
         Command::Produce(args) => produce::run(args, &context).await,
+        Command::Backup(args) => backup::backup(args, &context).await,
+        Command::Restore(args) => backup::restore(args, &context).await,
     }
 }
 
