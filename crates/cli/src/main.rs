@@ -11,6 +11,7 @@ mod output;
 mod produce;
 mod reader;
 mod replay;
+mod schema;
 mod tail;
 mod topics;
 
@@ -65,6 +66,9 @@ enum Command {
     Backup(backup::BackupArgs),
     /// Restore a backup into (empty) topics, in order, with the original timestamps.
     Restore(backup::RestoreArgs),
+    /// Schema compatibility, as this repository's CI checks it.
+    #[command(subcommand)]
+    Schema(schema::SchemaCommand),
     /// A group's dead letters: inspect them, send chosen ones back once fixed.
     #[command(subcommand)]
     Dlq(dlq::DlqCommand),
@@ -109,7 +113,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         json: cli.json,
     };
     match cli.command {
-        Command::Topics(command) => topics::run(command, &context.client).await,
+        Command::Topics(command) => topics::run(command, &context.client, context.json).await,
         Command::Tail(args) => tail::run(args, &context).await,
         Command::Groups(args) => groups::groups(args, &context).await,
         Command::Lag(args) => groups::lag(args, &context).await,
@@ -117,6 +121,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Dlq(command) => dlq::run(command, &context).await,
         Command::Produce(args) => produce::run(args, &context).await,
         Command::Backup(args) => backup::backup(args, &context).await,
+        Command::Schema(command) => schema::run(command, context.json),
         Command::Restore(args) => backup::restore(args, &context).await,
     }
 }

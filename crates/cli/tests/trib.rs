@@ -507,3 +507,102 @@ async fn produce_validates_every_line_then_sends_and_reports_acknowledgements() 
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topics_list_sets_the_cluster_against_the_declaration() {
+    let broker = TestBroker::shared();
+    let present = broker.create_topic("declared", 2).await.unwrap();
+    let wrong = broker.create_topic("drifted", 1).await.unwrap();
+    let extra = broker.create_topic("undeclared", 1).await.unwrap();
+    let missing = unique_name("missing");
+    let dir = std::env::temp_dir().join(unique_name("topics"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("topics.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "defaults:\n  replication_factor: -1\ntopics:\n  - name: {present}\n    partitions: 2\n  - name: {wrong}\n    partitions: 4\n  - name: {missing}\n    partitions: 3\n"
+        ),
+    )
+    .unwrap();
+    let listed = json_lines(&ok(&trib(
+        broker,
+        &["topics", "list", "--file", file.to_str().unwrap(), "--json"],
+    )));
+    let state = |name: &str| {
+        listed
+            .iter()
+            .find(|t| t["topic"] == name)
+            .unwrap_or_else(|| panic!("{name} not listed: {listed:?}"))
+            .clone()
+    };
+    assert_eq!(state(&present)["state"], "as declared");
+    assert_eq!(state(&present)["partitions"], 2);
+    assert_eq!(state(&wrong)["state"], "differs");
+    assert!(
+        state(&wrong)["differences"][0]
+            .as_str()
+            .unwrap()
+            .contains("partitions")
+    );
+    assert_eq!(state(&missing)["state"], "missing");
+    assert!(state(&missing)["partitions"].is_null());
+    assert_eq!(state(&extra)["state"], "undeclared");
+    // Listing creates nothing.
+    let again = json_lines(&ok(&trib(
+        broker,
+        &["topics", "list", "--file", file.to_str().unwrap(), "--json"],
+    )));
+    assert!(
+        again
+            .iter()
+            .any(|t| t["topic"] == missing.as_str() && t["state"] == "missing")
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn schema_check_passes_the_committed_schemas_and_names_a_break() {
+    let schemas = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../schemas");
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_trib"))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let passed = ok(&run(&["schema", "check", schemas.to_str().unwrap()]));
+    assert!(passed.starts_with("compatible:"), "{passed}");
+
+    // A reader of this schema expects `quantity` to be a string: today's types write an
+    // integer, which it would not survive.
+    let dir = std::env::temp_dir().join(unique_name("schemas"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let name = "catalog.stock.changed.v1.json";
+    let mut stock: Value =
+        serde_json::from_str(&std::fs::read_to_string(schemas.join(name)).unwrap()).unwrap();
+    stock["properties"]["data"]["properties"]["quantity"] = serde_json::json!({"type": "string"});
+    std::fs::write(dir.join(name), stock.to_string()).unwrap();
+    let broke = run(&["schema", "check", dir.to_str().unwrap()]);
+    failed(&broke, "incompatible change");
+    assert!(
+        String::from_utf8_lossy(&broke.stdout).contains("/data/quantity"),
+        "{}",
+        String::from_utf8_lossy(&broke.stdout)
+    );
+
+    // Two sets: a version that disappears is named.
+    let empty = dir.join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    std::fs::write(empty.join("other.v1.json"), "{}").unwrap();
+    let removed = run(&[
+        "schema",
+        "check",
+        schemas.to_str().unwrap(),
+        empty.to_str().unwrap(),
+        "--json",
+    ]);
+    failed(&removed, "incompatible change");
+    let lines = String::from_utf8_lossy(&removed.stdout).into_owned();
+    assert!(lines.contains("versions are never removed"), "{lines}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
