@@ -18,9 +18,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 use tributary_runtime::rdkafka::Timestamp;
-use tributary_runtime::rdkafka::message::{
-    BorrowedMessage, Header, Headers, Message, OwnedHeaders,
-};
+use tributary_runtime::rdkafka::consumer::Consumer;
+use tributary_runtime::rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
 use tributary_runtime::rdkafka::producer::{FutureProducer, FutureRecord};
 
 use crate::Context_;
@@ -102,15 +101,12 @@ fn json_bytes(value: &Value, what: &str) -> anyhow::Result<Vec<u8>> {
 }
 
 /// One record as its backup line.
-fn record_line(message: &BorrowedMessage<'_>) -> Value {
-    let headers: Vec<Value> = message
-        .headers()
-        .map(|hs| {
-            hs.iter()
-                .map(|h| json!([h.key, h.value.map(bytes_json)]))
-                .collect()
-        })
-        .unwrap_or_default();
+fn record_line(message: &BorrowedMessage<'_>) -> anyhow::Result<Value> {
+    let headers: Vec<Value> = reader::headers_of(message)
+        .map_err(|e| anyhow::anyhow!("{e}: it cannot be backed up"))?
+        .into_iter()
+        .map(|(k, v)| json!([k, v.as_deref().map(bytes_json)]))
+        .collect();
     let (timestamp, kind) = match message.timestamp() {
         Timestamp::CreateTime(t) => (Some(t), "create"),
         Timestamp::LogAppendTime(t) => (Some(t), "log_append"),
@@ -125,7 +121,7 @@ fn record_line(message: &BorrowedMessage<'_>) -> Value {
         message.payload().map_or(Value::Null, bytes_json),
     );
     line.insert("headers".into(), Value::Array(headers));
-    Value::Object(line)
+    Ok(Value::Object(line))
 }
 
 fn progress(total: u64, what: &str) -> ProgressBar {
@@ -180,7 +176,12 @@ pub(crate) async fn backup(args: BackupArgs, context: &Context_) -> anyhow::Resu
             let total: i64 = partitions.values().map(|(low, high)| high - low).sum();
             let bar = progress(total.max(0) as u64, topic);
             let mut entries = BTreeMap::new();
-            for (&p, &(low, high)) in &partitions {
+            for &p in partitions.keys() {
+                // Read just before the partition is: a long backup must not start a
+                // partition from an offset retention deleted meanwhile.
+                let (low, high) = consumer
+                    .fetch_watermarks(topic, p, reader::TIMEOUT)
+                    .with_context(|| format!("cannot read {topic}/{p}'s offsets"))?;
                 let file = format!("{topic}/{p}.ndjson.zst");
                 let path = args.out.join(&file);
                 let out = std::fs::File::create(&path)
@@ -194,7 +195,7 @@ pub(crate) async fn backup(args: BackupArgs, context: &Context_) -> anyhow::Resu
                     &BTreeMap::from([(p, high)]),
                     false,
                     |message| {
-                        serde_json::to_writer(&mut writer, &record_line(message))?;
+                        serde_json::to_writer(&mut writer, &record_line(message)?)?;
                         writer.write_all(b"\n")?;
                         records += 1;
                         bar.inc(1);
@@ -273,6 +274,16 @@ pub(crate) async fn restore(args: RestoreArgs, context: &Context_) -> anyhow::Re
             bail!("--to-topic {rename}: the backup holds no topic {from}");
         }
         renames.insert(from.to_owned(), to.to_owned());
+    }
+    // Two topics of the backup into one target would mix their records.
+    let mut into = BTreeMap::new();
+    for topic in manifest.topics.keys() {
+        let to = renames.get(topic).unwrap_or(topic);
+        if let Some(other) = into.insert(to.clone(), topic.clone()) {
+            bail!(
+                "{other} and {topic} would both be restored into {to}: give each its own --to-topic"
+            );
+        }
     }
     // Every file whole before anything is written.
     for entries in manifest.topics.values() {

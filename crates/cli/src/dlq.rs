@@ -11,9 +11,7 @@ use clap::{Args, Subcommand};
 use serde_json::{Map, Value, json};
 use tributary_events::Envelope;
 use tributary_runtime::dlq;
-use tributary_runtime::rdkafka::message::{
-    BorrowedMessage, Header, Headers, Message, OwnedHeaders,
-};
+use tributary_runtime::rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
 use tributary_runtime::rdkafka::producer::{FutureProducer, FutureRecord};
 
 use crate::Context_;
@@ -56,38 +54,31 @@ struct Letter {
     partition: i32,
     offset: i64,
     key: Option<Vec<u8>>,
-    value: Vec<u8>,
-    headers: Vec<(String, Vec<u8>)>,
+    /// `None` for a tombstone (kept one when sent back).
+    value: Option<Vec<u8>>,
+    headers: Vec<(String, Option<Vec<u8>>)>,
 }
 
 impl Letter {
-    fn read(message: &BorrowedMessage<'_>) -> Letter {
-        let headers = message
-            .headers()
-            .map(|hs| {
-                hs.iter()
-                    .map(|h| (h.key.to_owned(), h.value.unwrap_or_default().to_vec()))
-                    .collect()
-            })
-            .unwrap_or_default();
-        Letter {
+    fn read(message: &BorrowedMessage<'_>) -> anyhow::Result<Letter> {
+        Ok(Letter {
             partition: message.partition(),
             offset: message.offset(),
             key: message.key().map(<[u8]>::to_vec),
-            value: message.payload().unwrap_or_default().to_vec(),
-            headers,
-        }
+            value: message.payload().map(<[u8]>::to_vec),
+            headers: reader::headers_of(message).map_err(|e| anyhow::anyhow!(e))?,
+        })
     }
 
     fn header(&self, name: &str) -> Option<String> {
         self.headers
             .iter()
             .find(|(k, _)| k == name)
-            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+            .map(|(_, v)| String::from_utf8_lossy(v.as_deref().unwrap_or_default()).into_owned())
     }
 
     fn envelope_type(&self) -> Option<String> {
-        Envelope::decode(&self.value)
+        Envelope::decode(self.value.as_deref()?)
             .ok()
             .and_then(|e| e.to_json()["type"].as_str().map(str::to_owned))
     }
@@ -99,13 +90,18 @@ impl Letter {
             .map(|(k, v)| {
                 (
                     k.clone(),
-                    Value::String(String::from_utf8_lossy(v).into_owned()),
+                    v.as_ref().map_or(Value::Null, |v| {
+                        Value::String(String::from_utf8_lossy(v).into_owned())
+                    }),
                 )
             })
             .collect();
-        let value = match Envelope::decode(&self.value) {
-            Ok(e) => e.to_json(),
-            Err(_) => Value::String(String::from_utf8_lossy(&self.value).into_owned()),
+        let value = match self.value.as_deref() {
+            None => Value::Null,
+            Some(bytes) => match Envelope::decode(bytes) {
+                Ok(e) => e.to_json(),
+                Err(_) => Value::String(String::from_utf8_lossy(bytes).into_owned()),
+            },
         };
         json!({
             "dlq": {"topic": dlq_topic, "partition": self.partition, "offset": self.offset},
@@ -178,7 +174,7 @@ async fn select(
             .collect();
         let mut letters = Vec::new();
         reader::read(&consumer, &read_topic, &starts, &ends, false, |m| {
-            letters.push(Letter::read(m));
+            letters.push(Letter::read(m)?);
             Ok(())
         })?;
         Ok(letters)
@@ -285,12 +281,13 @@ async fn redrive(
             .fold(OwnedHeaders::new(), |hs, (k, v)| {
                 hs.insert(Header {
                     key: k,
-                    value: Some(v.as_slice()),
+                    value: v.as_deref(),
                 })
             });
-        let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&to)
-            .payload(letter.value.as_slice())
-            .headers(headers);
+        let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&to).headers(headers);
+        if let Some(value) = &letter.value {
+            record = record.payload(value.as_slice());
+        }
         if let Some(key) = &letter.key {
             record = record.key(key);
         }

@@ -107,9 +107,11 @@ pub(crate) async fn groups(args: GroupsArgs, context: &Context_) -> anyhow::Resu
                 .collect(),
             _ => Vec::new(),
         };
-        let error = match offsets {
-            Some(Err(e)) => Some(e.to_string()),
-            None => Some("no answer".to_owned()),
+        let error = match (offsets, description) {
+            (Some(Err(e)), _) => Some(e.to_string()),
+            (None, _) => Some("no answer".to_owned()),
+            (_, Some(Err(e))) => Some(format!("cannot describe the group: {e}")),
+            (_, None) => Some("no description answered".to_owned()),
             _ => None,
         };
         if error.is_some() {

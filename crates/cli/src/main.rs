@@ -112,6 +112,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         client,
         json: cli.json,
     };
+    if matches!(
+        cli.command,
+        Command::Tail(_)
+            | Command::Groups(_)
+            | Command::Lag(_)
+            | Command::Schema(_)
+            | Command::Dlq(dlq::DlqCommand::Inspect(_))
+            | Command::Topics(topics::TopicsCommand::List { .. })
+    ) {
+        output::read_only();
+    }
     match cli.command {
         Command::Topics(command) => topics::run(command, &context.client, context.json).await,
         Command::Tail(args) => tail::run(args, &context).await,

@@ -7,11 +7,47 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use tributary_runtime::rdkafka::ClientConfig;
 use tributary_runtime::rdkafka::consumer::{BaseConsumer, Consumer};
-use tributary_runtime::rdkafka::message::BorrowedMessage;
+use tributary_runtime::rdkafka::error::KafkaError;
+use tributary_runtime::rdkafka::message::Message;
+use tributary_runtime::rdkafka::message::{BorrowedMessage, Headers};
+use tributary_runtime::rdkafka::types::RDKafkaErrorCode;
 use tributary_runtime::rdkafka::{Offset, TopicPartitionList};
 
 /// How long a metadata or watermark request may take.
 pub(crate) const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a read to the end may go without any record or end-of-partition event before it
+/// is abandoned (a partition without a leader, an unreachable broker).
+const STALLED: Duration = Duration::from_secs(60);
+
+/// One header: its name, and its value (`None` for a null one).
+pub(crate) type RecordHeader = (String, Option<Vec<u8>>);
+
+/// A record's headers as (name, value): `Err` when a header name is not UTF-8, which
+/// rdkafka's header API cannot hand over (it panics; the runtime guards it the same way).
+pub(crate) fn headers_of(message: &BorrowedMessage<'_>) -> Result<Vec<RecordHeader>, String> {
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        message
+            .headers()
+            .map(|hs| {
+                hs.iter()
+                    .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec)))
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default()
+    }));
+    std::panic::set_hook(previous);
+    read.map_err(|_| {
+        format!(
+            "{}/{}@{} has a header whose name is not UTF-8",
+            message.topic(),
+            message.partition(),
+            message.offset()
+        )
+    })
+}
 
 /// A reader client with `config`'s settings.
 pub(crate) fn consumer(config: &ClientConfig) -> anyhow::Result<BaseConsumer> {
@@ -20,7 +56,12 @@ pub(crate) fn consumer(config: &ClientConfig) -> anyhow::Result<BaseConsumer> {
         .set("group.id", "trib-reader")
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
-        .set("enable.partition.eof", "false");
+        // End-of-partition events end a read whose last offsets hold no record (transaction
+        // markers, compacted-away records): offset + 1 would never reach the end.
+        .set("enable.partition.eof", "true")
+        // A start offset deleted by retention meanwhile is an error, never a silent jump to
+        // the end (librdkafka's default) that would lose a partition's records.
+        .set("auto.offset.reset", "error");
     // Short fetch waits unless set: a broker that holds every fetch for the full wait would
     // otherwise pace the reading.
     if config.get("fetch.wait.max.ms").is_none() {
@@ -82,24 +123,66 @@ pub(crate) fn read(
     consumer
         .assign(&assignment)
         .context("assigning partitions")?;
+    let mut progress = std::time::Instant::now();
+    let mut warned = false;
     loop {
-        let Some(message) = consumer.poll(Duration::from_millis(200)) else {
-            continue;
+        if !follow && progress.elapsed() > STALLED {
+            let waiting: Vec<String> = pending.keys().map(|p| format!("{topic}/{p}")).collect();
+            bail!(
+                "no record from {} for {} s (no leader, or the broker is unreachable)",
+                waiting.join(", "),
+                STALLED.as_secs()
+            );
+        }
+        let message = match consumer.poll(Duration::from_millis(200)) {
+            None => continue,
+            Some(Err(KafkaError::PartitionEOF(partition))) => {
+                progress = std::time::Instant::now();
+                if !follow {
+                    pending.remove(&partition);
+                    if pending.is_empty() {
+                        return Ok(());
+                    }
+                }
+                continue;
+            }
+            Some(Err(KafkaError::MessageConsumption(RDKafkaErrorCode::AutoOffsetReset))) => {
+                bail!("records of {topic} were deleted (retention) while being read: start again")
+            }
+            Some(Err(e)) => {
+                // Transient (a broker connection lost and retried by the client): say so once
+                // and go on; a read that stops moving ends with the deadline above.
+                if !warned {
+                    eprintln!("trib: reading {topic}: {e} (retrying)");
+                    warned = true;
+                }
+                continue;
+            }
+            Some(Ok(message)) => message,
         };
-        let message = message.with_context(|| format!("reading {topic}"))?;
-        use tributary_runtime::rdkafka::message::Message;
+        if message.topic() != topic {
+            continue;
+        }
+        progress = std::time::Instant::now();
         let (partition, offset) = (message.partition(), message.offset());
-        on(&message)?;
         if !follow {
-            if pending
-                .get(&partition)
-                .is_some_and(|end| offset + 1 >= *end)
-            {
+            let Some(&end) = pending.get(&partition) else {
+                // Past its end already (records written since the start).
+                continue;
+            };
+            if offset >= end {
                 pending.remove(&partition);
+            } else {
+                on(&message)?;
+                if offset + 1 >= end {
+                    pending.remove(&partition);
+                }
             }
             if pending.is_empty() {
                 return Ok(());
             }
+        } else {
+            on(&message)?;
         }
     }
 }

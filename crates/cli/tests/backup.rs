@@ -110,6 +110,31 @@ async fn backup_restore_backup_gives_identical_files() {
     assert_eq!(manifest["topics"][&source]["1"]["records"], 20);
     assert_eq!(manifest["topics"][&source]["1"]["high"], 20);
 
+    // What a line holds: partition 0 has i = 0, 3, 6, …; i = 0 has a value that is not
+    // UTF-8, i = 15 none (a tombstone).
+    let lines: Vec<Value> =
+        std::str::from_utf8(&zstd::decode_all(&file(&first, &source, 0)[..]).unwrap())
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+    assert_eq!(lines.len(), 20);
+    assert_eq!(lines[0]["key"], "k0");
+    assert_eq!(lines[0]["timestamp"], 1_700_000_000_000i64);
+    assert_eq!(lines[0]["timestamp_type"], "create");
+    assert_eq!(lines[0]["value"]["base64"], "wygA");
+    assert_eq!(lines[0]["headers"][0], serde_json::json!(["v", "1"]));
+    assert_eq!(
+        lines[0]["headers"][1],
+        serde_json::json!(["bin", {"base64": "/wAA"}])
+    );
+    assert_eq!(lines[1]["value"], "value 3");
+    assert!(
+        lines[5]["value"].is_null(),
+        "i = 15 is a tombstone: {}",
+        lines[5]
+    );
+
     // Into an empty topic, then back up again: the same bytes.
     let target = broker.create_topic("backup-dst", 3).await.unwrap();
     let rename = format!("{source}={target}");
@@ -154,6 +179,11 @@ async fn backup_restore_backup_gives_identical_files() {
             ],
         ),
         "has no partition 2",
+    );
+    assert_eq!(
+        high_watermarks(broker, &narrow, 2),
+        vec![0, 0],
+        "nothing written"
     );
 
     // A damaged file: named, and nothing restored anywhere.
@@ -201,5 +231,70 @@ async fn backup_restore_backup_gives_identical_files() {
         &trib(broker, &["restore", root.to_str().unwrap()]),
         "manifest.json",
     );
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn empty_partitions_and_two_topics_into_one_are_handled() {
+    let broker = TestBroker::shared();
+    // Records in partition 0 only; partition 1 stays empty.
+    let a = broker.create_topic("backup-a", 2).await.unwrap();
+    let b = broker.create_topic("backup-b", 2).await.unwrap();
+    let producer: FutureProducer = broker.client_config().create().unwrap();
+    for topic in [&a, &b] {
+        for i in 0..3 {
+            let record: FutureRecord<'_, str, str> = FutureRecord::to(topic)
+                .partition(0)
+                .key("k")
+                .payload(if i == 1 { "x" } else { "y" });
+            producer
+                .send(record, Duration::from_secs(10))
+                .await
+                .unwrap();
+        }
+    }
+    let root = std::env::temp_dir().join(unique_name("backup2"));
+    let dir = root.join("both");
+    ok(&trib(
+        broker,
+        &["backup", &a, &b, "--out", dir.to_str().unwrap()],
+    ));
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["topics"][&a]["1"]["records"], 0);
+    assert_eq!(manifest["topics"][&b]["0"]["records"], 3);
+    // a → b while the backup also holds b: both would land in b.
+    refused(
+        &trib(
+            broker,
+            &[
+                "restore",
+                dir.to_str().unwrap(),
+                "--to-topic",
+                &format!("{a}={b}"),
+            ],
+        ),
+        "would both be restored into",
+    );
+    assert_eq!(
+        high_watermarks(broker, &b, 2),
+        vec![3, 0],
+        "nothing written"
+    );
+    let a2 = broker.create_topic("backup-a2", 2).await.unwrap();
+    let b2 = broker.create_topic("backup-b2", 2).await.unwrap();
+    ok(&trib(
+        broker,
+        &[
+            "restore",
+            dir.to_str().unwrap(),
+            "--to-topic",
+            &format!("{a}={a2}"),
+            "--to-topic",
+            &format!("{b}={b2}"),
+        ],
+    ));
+    assert_eq!(high_watermarks(broker, &a2, 2), vec![3, 0]);
+    assert_eq!(high_watermarks(broker, &b2, 2), vec![3, 0]);
     let _ = std::fs::remove_dir_all(&root);
 }

@@ -330,6 +330,53 @@ async fn replay_moves_a_stopped_groups_offsets_and_refuses_a_running_one() {
     ));
     assert_eq!(committed(broker, &group).await[&key], 0);
 
+    // A time between records: the first record at or after it.
+    let timed = broker.create_topic("replay-timed", 1).await.unwrap();
+    {
+        use rdkafka::producer::{FutureProducer, FutureRecord};
+        let producer: FutureProducer = broker.client_config().create().unwrap();
+        for ts in [1_000i64, 2_000, 3_000] {
+            let record: FutureRecord<'_, str, str> =
+                FutureRecord::to(&timed).key("k").payload("v").timestamp(ts);
+            producer
+                .send(record, Duration::from_secs(10))
+                .await
+                .unwrap();
+        }
+    }
+    let timed_group = unique_name("trib-timed");
+    let timed_key = (timed.clone(), 0);
+    ok(&trib(
+        broker,
+        &[
+            "replay",
+            "--group",
+            &timed_group,
+            "--to",
+            "1970-01-01T00:00:01.500Z",
+            "--topic",
+            &timed,
+        ],
+    ));
+    assert_eq!(committed(broker, &timed_group).await[&timed_key], 1);
+    ok(&trib(
+        broker,
+        &[
+            "replay",
+            "--group",
+            &timed_group,
+            "--to",
+            "2999-01-01T00:00:00Z",
+            "--topic",
+            &timed,
+        ],
+    ));
+    assert_eq!(
+        committed(broker, &timed_group).await[&timed_key],
+        3,
+        "after every record: the end"
+    );
+
     // A fresh group is positioned on named topics.
     let fresh = unique_name("trib-fresh");
     ok(&trib(
