@@ -271,6 +271,26 @@ async fn groups_and_lag_report_committed_offsets_lag_and_status() {
         lag[0]["status"], "ERR",
         "a STOP partition caps its group at ERR"
     );
+    let text = ok(&trib(
+        broker,
+        &[
+            "lag",
+            "--group",
+            &group,
+            "--samples",
+            "2",
+            "--interval-ms",
+            "50",
+        ],
+    ));
+    assert!(
+        text.starts_with(&format!("{group}  ERR  complete=")),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("{topic}/0  committed=1  end=4  lag=3  STOP")),
+        "{text}"
+    );
 
     failed(
         &trib(broker, &["groups", "--group", "no-such-group"]),
@@ -312,10 +332,24 @@ async fn replay_moves_a_stopped_groups_offsets_and_refuses_a_running_one() {
     assert_eq!(dry[1]["committed"], false);
     assert_eq!(committed(broker, &group).await[&key], 3);
 
-    ok(&trib(
+    let text = ok(&trib(
+        broker,
+        &["replay", "--group", &group, "--to", "earliest", "--dry-run"],
+    ));
+    assert!(
+        text.contains(&format!(
+            "{topic}/0  current=3  target=0  end=4  lag after=4"
+        )) && text.contains("dry run: nothing was committed"),
+        "{text}"
+    );
+    let text = ok(&trib(
         broker,
         &["replay", "--group", &group, "--to", "earliest"],
     ));
+    assert!(
+        text.contains(&format!("committed 1 offset(s) for group {group}")),
+        "{text}"
+    );
     assert_eq!(committed(broker, &group).await[&key], 0);
     ok(&trib(broker, &["replay", "--group", &group, "--to", "2"]));
     assert_eq!(committed(broker, &group).await[&key], 2);
@@ -502,6 +536,13 @@ async fn produce_validates_every_line_then_sends_and_reports_acknowledgements() 
     assert_eq!(on_topic[0]["envelope"]["type"], "catalog.stock.changed");
     assert_eq!(on_topic[0]["key"], "p-1");
     assert_eq!(on_topic[1]["envelope"]["data"]["quantity"], 0);
+    let text = trib(broker, &["produce", stock, payloads.to_str().unwrap()]);
+    let out = ok(&text);
+    assert!(
+        out.starts_with(&format!("line 1 → {stock}/0@2 id=")),
+        "{out}"
+    );
+    assert!(String::from_utf8_lossy(&text.stderr).contains("2 record(s) acknowledged"));
 
     // One bad line: nothing is sent, and the line and field are named.
     let mixed = dir.join("mixed.ndjson");
@@ -515,7 +556,7 @@ async fn produce_validates_every_line_then_sends_and_reports_acknowledgements() 
     failed(&refused, "line 3: not JSON");
     assert_eq!(
         ok(&trib(broker, &["tail", stock])).lines().count(),
-        2,
+        4,
         "nothing sent"
     );
 
@@ -595,6 +636,20 @@ async fn topics_list_sets_the_cluster_against_the_declaration() {
     assert_eq!(state(&missing)["state"], "missing");
     assert!(state(&missing)["partitions"].is_null());
     assert_eq!(state(&extra)["state"], "undeclared");
+    let text = ok(&trib(
+        broker,
+        &["topics", "list", "--file", file.to_str().unwrap()],
+    ));
+    assert!(
+        text.contains(&format!(
+            "{wrong}  partitions=1  differs\n  partitions: declared 4, is 1"
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("{missing}  partitions=-  missing")),
+        "{text}"
+    );
     // Listing creates nothing.
     let again = json_lines(&ok(&trib(
         broker,
