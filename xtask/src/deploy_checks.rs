@@ -89,9 +89,17 @@ fn the_dockerfile_builds_every_binary_and_runs_unprivileged() {
         .lines()
         .filter(|l| l.starts_with("FROM "))
         .count();
-    assert_eq!(stages, 2, "a build stage and a slim runtime stage");
+    assert_eq!(
+        stages, 4,
+        "cargo-chef (base, plan, build: dependencies in their own layer) and a slim runtime"
+    );
+    assert!(dockerfile.contains("cargo chef cook --release --locked"));
     assert!(dockerfile.contains("cargo build --release --locked --workspace --bins"));
     assert!(dockerfile.contains("USER tributary"));
+    assert!(dockerfile.contains("STOPSIGNAL SIGTERM"));
+    assert!(
+        dockerfile.contains("HEALTHCHECK") && dockerfile.contains("COPY docker/healthcheck.sh")
+    );
     // The build context is the repository root; everything the build copies must exist.
     for line in dockerfile
         .lines()
@@ -104,5 +112,202 @@ fn the_dockerfile_builds_every_binary_and_runs_unprivileged() {
                 "COPY of missing {source}"
             );
         }
+    }
+}
+
+/// CONTRACTS.md's ports: (service, public API port, admin port).
+const PORTS: [(&str, Option<u16>, u16); 5] = [
+    ("ingest", Some(8080), 9101),
+    ("enrichment", None, 9102),
+    ("aggregation", Some(8082), 9103),
+    ("search-indexer", Some(8081), 9104),
+    ("metrics-emitter", None, 9105),
+];
+
+/// Services that keep local state under `DATA_DIR`.
+const STATEFUL: [&str; 3] = ["enrichment", "aggregation", "search-indexer"];
+
+fn compose(path: &str) -> Value {
+    let mut compose: Value = serde_yaml_ng::from_str(&read(path)).expect("valid YAML");
+    compose.apply_merge().expect("valid merge keys");
+    compose
+}
+
+#[test]
+fn every_service_runs_in_compose_with_its_contract_ports_probe_and_volume() {
+    let compose = compose("docker/compose.yaml");
+    let services = &compose["services"];
+    // A service added without its compose entry fails here.
+    let packages: BTreeSet<String> = binaries().into_iter().filter(|b| b != "trib").collect();
+    assert_eq!(
+        packages,
+        PORTS
+            .iter()
+            .map(|p| p.0.to_owned())
+            .collect::<BTreeSet<_>>(),
+        "services/ and CONTRACTS.md's port table disagree"
+    );
+    for (name, public, admin) in PORTS {
+        let service = services
+            .get(name)
+            .unwrap_or_else(|| panic!("{name} is not in docker/compose.yaml"));
+        assert_eq!(
+            service["command"][0].as_str(),
+            Some(name),
+            "{name}: command"
+        );
+        let ports: Vec<&str> = service["ports"]
+            .as_sequence()
+            .unwrap_or_else(|| panic!("{name}: no ports"))
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        for port in public.into_iter().chain([admin]) {
+            assert!(
+                ports.contains(&format!("{port}:{port}").as_str()),
+                "{name}: port {port} not published ({ports:?})"
+            );
+        }
+        let probe = format!("{:?}", service["healthcheck"]["test"]);
+        assert!(
+            probe.contains(&format!("127.0.0.1/{admin}")) && probe.contains("/readyz"),
+            "{name}: the healthcheck must ask /readyz on admin port {admin}: {probe}"
+        );
+        let volumes = format!("{:?}", service["volumes"]);
+        assert_eq!(
+            volumes.contains(":/var/lib/tributary"),
+            STATEFUL.contains(&name),
+            "{name}: a named volume at DATA_DIR exactly when stateful: {volumes}"
+        );
+        let topics = &service["depends_on"]["topics"]["condition"];
+        assert_eq!(
+            topics.as_str(),
+            Some("service_completed_successfully"),
+            "{name}"
+        );
+        assert!(
+            service["stop_grace_period"].as_str().is_some(),
+            "{name}: grace period"
+        );
+    }
+}
+
+/// A built binary's `--help`: built here when this test runs on its own.
+fn help(binary: &str) -> String {
+    let exe = std::env::current_exe().expect("test binary path");
+    let dir = exe
+        .parent()
+        .and_then(std::path::Path::parent)
+        .expect("target/<profile>");
+    let path = dir.join(binary);
+    if !path.exists() {
+        let package = if binary == "trib" {
+            "tributary-cli"
+        } else {
+            binary
+        };
+        let status = std::process::Command::new(env!("CARGO"))
+            .args(["build", "-q", "-p", package, "--bin", binary])
+            .current_dir(workspace_root())
+            .status()
+            .expect("cargo build");
+        assert!(status.success(), "building {binary}");
+    }
+    let out = std::process::Command::new(&path)
+        .arg("--help")
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn every_environment_variable_compose_sets_is_one_the_binary_reads() {
+    for file in ["docker/compose.yaml", "docker/compose.dev-broker.yaml"] {
+        let compose = compose(file);
+        let services = compose["services"].as_mapping().expect("services");
+        for (name, service) in services {
+            let name = name.as_str().unwrap_or_default();
+            let binary = match PORTS.iter().find(|p| p.0 == name) {
+                Some(p) => p.0,
+                None if name == "topics" => "trib",
+                None => continue,
+            };
+            let help = help(binary);
+            let Some(env) = service.get("environment").and_then(Value::as_mapping) else {
+                continue;
+            };
+            // RUST_LOG is read by the log filter, not by the flags.
+            for key in env
+                .keys()
+                .filter_map(Value::as_str)
+                .filter(|k| *k != "RUST_LOG")
+            {
+                assert!(
+                    help.contains(&format!("[env: {key}")),
+                    "{file}: {name} sets {key}, which `{binary} --help` does not list"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn third_party_images_are_pinned_to_versions() {
+    let mut references: Vec<String> = Vec::new();
+    for file in ["docker/compose.yaml", "docker/compose.dev-broker.yaml"] {
+        let compose = compose(file);
+        for (_, service) in compose["services"].as_mapping().expect("services") {
+            if let Some(image) = service.get("image").and_then(Value::as_str) {
+                if !image.starts_with("tributary") {
+                    references.push(image.to_owned());
+                }
+            }
+        }
+    }
+    for file in ["docker/Dockerfile", "docker/dev-broker.Dockerfile"] {
+        for line in read(file).lines().filter(|l| l.starts_with("FROM ")) {
+            let image = line.split_whitespace().nth(1).unwrap_or_default();
+            // A later stage built FROM an earlier one names no registry image.
+            if image.contains(':') {
+                references.push(image.to_owned());
+            }
+        }
+    }
+    assert!(!references.is_empty());
+    for image in references {
+        let tag = image.rsplit_once(':').map(|(_, t)| t).unwrap_or_default();
+        assert!(
+            tag != "latest" && tag.chars().any(|c| c.is_ascii_digit()),
+            "{image}: pin a version"
+        );
+    }
+}
+
+#[test]
+fn the_dev_broker_variant_overrides_only_services_that_exist() {
+    let base = compose("docker/compose.yaml");
+    let variant = compose("docker/compose.dev-broker.yaml");
+    for (name, service) in variant["services"].as_mapping().expect("services") {
+        let name = name.as_str().unwrap_or_default();
+        assert!(
+            base["services"].get(name).is_some(),
+            "{name} is not in compose.yaml"
+        );
+        if PORTS.iter().any(|p| p.0 == name) {
+            let config = service["environment"]["KAFKA_CONFIG"]
+                .as_str()
+                .unwrap_or_default();
+            assert!(
+                config.contains("fetch.wait.max.ms="),
+                "{name}: the dev broker needs short fetch waits"
+            );
+        }
+    }
+    let healthcheck = read("docker/healthcheck.sh");
+    for (name, _, admin) in PORTS {
+        assert!(
+            healthcheck.contains(&format!("{name}) port={admin}")),
+            "healthcheck.sh: {name} → {admin}"
+        );
     }
 }
