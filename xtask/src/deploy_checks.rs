@@ -311,3 +311,260 @@ fn the_dev_broker_variant_overrides_only_services_that_exist() {
         );
     }
 }
+
+/// Every YAML document of every file in `dir` (multi-document files split).
+fn documents(dir: &str) -> Vec<(String, Value)> {
+    let mut out = Vec::new();
+    let root = workspace_root().join(dir);
+    let mut paths: Vec<_> = std::fs::read_dir(&root)
+        .unwrap_or_else(|e| panic!("{dir}: {e}"))
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    paths.sort();
+    for path in paths {
+        let text = std::fs::read_to_string(&path).expect("readable");
+        let name = path
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
+        for doc in serde_yaml_ng::Deserializer::from_str(&text) {
+            let value = <Value as serde::Deserialize>::deserialize(doc)
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            out.push((name.clone(), value));
+        }
+    }
+    out
+}
+
+fn find<'a>(docs: &'a [(String, Value)], kind: &str, name: &str) -> Option<&'a Value> {
+    docs.iter()
+        .map(|(_, d)| d)
+        .find(|d| d["kind"].as_str() == Some(kind) && d["metadata"]["name"].as_str() == Some(name))
+}
+
+#[test]
+fn kubernetes_manifests_cover_every_service_as_contracts_and_binaries_say() {
+    let docs = documents("deploy/k8s/base");
+    // The kustomization lists exactly the files of the base.
+    let kustomization = &docs
+        .iter()
+        .find(|(f, _)| f == "kustomization.yaml")
+        .expect("kustomization")
+        .1;
+    let listed: BTreeSet<&str> = kustomization["resources"]
+        .as_sequence()
+        .expect("resources")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    let files: BTreeSet<&str> = docs
+        .iter()
+        .map(|(f, _)| f.as_str())
+        .filter(|f| *f != "kustomization.yaml")
+        .collect();
+    assert_eq!(
+        listed, files,
+        "kustomization resources vs files in the base"
+    );
+    let overlay = read("deploy/k8s/overlays/production/kustomization.yaml");
+    assert!(overlay.contains("../../base"));
+
+    let config = find(&docs, "ConfigMap", "tributary").expect("the shared ConfigMap");
+    let shared: Vec<&str> = config["data"]
+        .as_mapping()
+        .expect("data")
+        .keys()
+        .filter_map(Value::as_str)
+        .collect();
+    let job = find(&docs, "Job", "tributary-topics").expect("a job applying topics");
+    let command: Vec<&str> = job["spec"]["template"]["spec"]["containers"][0]["command"]
+        .as_sequence()
+        .expect("the job's command")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(command[..3], ["trib", "topics", "apply"]);
+
+    for (name, public, admin) in PORTS {
+        let stateful = STATEFUL.contains(&name);
+        let kind = if stateful {
+            "StatefulSet"
+        } else {
+            "Deployment"
+        };
+        let workload = find(&docs, kind, name).unwrap_or_else(|| panic!("no {kind} {name}"));
+        let pod = &workload["spec"]["template"]["spec"];
+        let grace = pod["terminationGracePeriodSeconds"].as_i64().unwrap_or(30);
+        assert!(
+            grace > 30,
+            "{name}: grace {grace}s is not longer than the 30 s shutdown"
+        );
+        let container = &pod["containers"][0];
+        assert_eq!(
+            container["command"][0].as_str(),
+            Some(name),
+            "{name}: command"
+        );
+        let image = container["image"].as_str().unwrap_or_default();
+        assert!(
+            image.starts_with("tributary:") && !image.ends_with(":latest"),
+            "{name}: {image}"
+        );
+        let ports: Vec<(String, i64)> = container["ports"]
+            .as_sequence()
+            .expect("ports")
+            .iter()
+            .map(|p| {
+                (
+                    p["name"].as_str().unwrap_or_default().to_owned(),
+                    p["containerPort"].as_i64().unwrap_or(0),
+                )
+            })
+            .collect();
+        assert!(
+            ports.contains(&("admin".to_owned(), i64::from(admin))),
+            "{name}: {ports:?}"
+        );
+        if let Some(public) = public {
+            assert!(
+                ports.iter().any(|(_, p)| *p == i64::from(public)),
+                "{name}: {ports:?}"
+            );
+        }
+        for (probe, path) in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")] {
+            assert_eq!(
+                container[probe]["httpGet"]["path"].as_str(),
+                Some(path),
+                "{name}: {probe}"
+            );
+            assert_eq!(
+                container[probe]["httpGet"]["port"].as_str(),
+                Some("admin"),
+                "{name}: {probe}"
+            );
+        }
+        for resource in ["cpu", "memory"] {
+            assert!(
+                !container["resources"]["requests"][resource].is_null(),
+                "{name}: no {resource} request"
+            );
+        }
+        // Every variable set is one the binary reads.
+        let help = help(name);
+        let mut names: Vec<&str> = shared.clone();
+        if let Some(env) = container["env"].as_sequence() {
+            names.extend(env.iter().filter_map(|e| e["name"].as_str()));
+        }
+        for key in names
+            .into_iter()
+            .filter(|k| *k != "RUST_LOG" && *k != "POD_NAME")
+        {
+            assert!(
+                help.contains(&format!("[env: {key}")),
+                "{name}: {key} is not in --help"
+            );
+        }
+        assert!(find(&docs, "Service", name).is_some(), "{name}: no Service");
+        assert!(
+            find(&docs, "PodDisruptionBudget", name).is_some(),
+            "{name}: no PDB"
+        );
+        if stateful {
+            let mounts = format!("{:?}", container["volumeMounts"]);
+            assert!(
+                mounts.contains("/var/lib/tributary"),
+                "{name}: DATA_DIR not on a volume"
+            );
+            assert!(
+                !workload["spec"]["volumeClaimTemplates"].is_null(),
+                "{name}: no PVC"
+            );
+        }
+        // Consumers that share one group scale on its lag, never past the partition count;
+        // ingest consumes nothing, and search-indexer replicas each read everything.
+        let scaled = find(&docs, "ScaledObject", name);
+        match name {
+            "ingest" => assert!(scaled.is_none(), "ingest has no consumer lag"),
+            "search-indexer" => {
+                assert!(
+                    scaled.is_none(),
+                    "search-indexer replicas do not share a group"
+                );
+                assert!(
+                    format!("{:?}", container["env"]).contains("$(POD_NAME)"),
+                    "search-indexer replicas each need their own GROUP_ID"
+                );
+            }
+            _ => {
+                let scaled = scaled.unwrap_or_else(|| panic!("{name}: no lag scaling"));
+                assert_eq!(
+                    scaled["spec"]["scaleTargetRef"]["kind"].as_str(),
+                    Some(kind)
+                );
+                let max = scaled["spec"]["maxReplicaCount"]
+                    .as_i64()
+                    .unwrap_or(i64::MAX);
+                assert!(max <= 6, "{name}: {max} replicas for 6 partitions");
+                assert_eq!(
+                    scaled["spec"]["triggers"][0]["metadata"]["consumerGroup"].as_str(),
+                    Some(name)
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn marathon_apps_cover_every_service_with_health_checks_and_volumes() {
+    for (name, public, admin) in PORTS {
+        let path = format!("deploy/marathon/{name}.json");
+        let app: serde_json::Value = serde_json::from_str(&read(&path)).expect("valid JSON");
+        let runs = format!("{} {}", app["cmd"], app["args"]);
+        assert!(runs.contains(name), "{path}: does not run {name}");
+        let mappings = app["container"]["portMappings"]
+            .as_array()
+            .expect("portMappings");
+        let ports: Vec<i64> = mappings
+            .iter()
+            .filter_map(|m| m["containerPort"].as_i64())
+            .collect();
+        assert!(ports.contains(&i64::from(admin)), "{path}: {ports:?}");
+        if let Some(public) = public {
+            assert!(ports.contains(&i64::from(public)), "{path}: {ports:?}");
+        }
+        let check = &app["healthChecks"][0];
+        assert_eq!(check["path"], "/readyz", "{path}");
+        let index = check["portIndex"].as_u64().expect("portIndex") as usize;
+        assert_eq!(
+            mappings[index]["containerPort"].as_i64(),
+            Some(i64::from(admin)),
+            "{path}"
+        );
+        assert!(
+            app["upgradeStrategy"].is_object() && app["constraints"].is_array(),
+            "{path}"
+        );
+        assert!(
+            app["taskKillGracePeriodSeconds"].as_i64().unwrap_or(0) > 30,
+            "{path}"
+        );
+        let persistent = app["container"]["volumes"]
+            .as_array()
+            .is_some_and(|v| v.iter().any(|v| v["persistent"].is_object()));
+        assert_eq!(
+            persistent,
+            STATEFUL.contains(&name),
+            "{path}: persistent volume"
+        );
+        let help = help(name);
+        for key in app["env"].as_object().expect("env").keys() {
+            assert!(
+                key == "RUST_LOG" || help.contains(&format!("[env: {key}")),
+                "{path}: {key} is not in --help"
+            );
+        }
+    }
+}
