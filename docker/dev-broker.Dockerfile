@@ -9,7 +9,8 @@ FROM debian:12.12-slim
 RUN apt-get update \
     && apt-get install -y --no-install-recommends ca-certificates \
     && rm -rf /var/lib/apt/lists/* \
-    && useradd --system --uid 10002 --home-dir /var/lib/nisshi --create-home nisshi
+    && useradd --system --uid 10002 --home-dir /var/lib/nisshi --create-home nisshi \
+    && mkdir /var/lib/nisshi/data && chown nisshi:nisshi /var/lib/nisshi/data
 COPY --from=build /out/bin/nisshi /usr/local/bin/nisshi
 USER nisshi
 WORKDIR /var/lib/nisshi

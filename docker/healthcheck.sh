@@ -1,7 +1,8 @@
 #!/bin/bash
-# The image's HEALTHCHECK: GET /healthz on the admin port of the service this container
-# runs (found from its command line), or of ADMIN_ADDR when set. A container running
-# `trib` has no admin port and is healthy while it runs.
+# The image's HEALTHCHECK: GET <path> (default /healthz; compose asks /readyz) on the admin
+# port of the service this container runs (found from its command line), or of ADMIN_ADDR
+# when set. A container running `trib` has no admin port and is healthy while it runs.
+# Bash, not sh: it needs /dev/tcp.
 set -eu
 port=""
 if [ -n "${ADMIN_ADDR:-}" ]; then
@@ -19,5 +20,5 @@ else
 fi
 [ -z "$port" ] && exit 0
 exec 3<>"/dev/tcp/127.0.0.1/$port"
-printf 'GET /healthz HTTP/1.0\r\n\r\n' >&3
+printf 'GET %s HTTP/1.0\r\n\r\n' "${1:-/healthz}" >&3
 grep -q ' 200 ' <&3
