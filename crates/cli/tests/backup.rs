@@ -3,32 +3,17 @@
 //! not UTF-8, tombstones, headers and timestamps all survive); damaged files, non-empty
 //! targets and missing partitions are refused before anything is written.
 
+mod common;
+
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::Duration;
 
+use common::{ok, trib};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::Value;
 use tributary_testkit::{TestBroker, unique_name};
-
-fn trib(broker: &TestBroker, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_trib"))
-        .args(args)
-        .env("KAFKA_BROKERS", broker.bootstrap())
-        .env_remove("KAFKA_CONFIG")
-        .output()
-        .unwrap()
-}
-
-fn ok(output: &Output) -> String {
-    assert!(
-        output.status.success(),
-        "trib failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout.clone()).unwrap()
-}
 
 fn refused(output: &Output, says: &str) {
     assert!(!output.status.success(), "should have failed");

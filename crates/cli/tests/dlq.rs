@@ -2,11 +2,14 @@
 //! dead-lettered; `inspect` shows it with where it came from and why; once the cause is
 //! fixed, `redrive` sends it back and the service processes it.
 
-use std::process::{Command, Output};
+mod common;
+
+use std::process::Output;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::trib;
 use serde_json::Value;
 use tributary_events::{Envelope, Event, Stock};
 use tributary_runtime::{
@@ -41,15 +44,6 @@ fn stock(product: &str) -> Envelope {
             warehouse: None,
         }),
     )
-}
-
-fn trib(broker: &TestBroker, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_trib"))
-        .args(args)
-        .env("KAFKA_BROKERS", broker.bootstrap())
-        .env_remove("KAFKA_CONFIG")
-        .output()
-        .unwrap()
 }
 
 fn json_lines(output: &Output) -> Vec<Value> {

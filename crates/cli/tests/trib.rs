@@ -2,33 +2,18 @@
 //! and JSON, and the errors an operator meets (missing topic, bad arguments, a group that
 //! is still running, an unreachable broker).
 
+mod common;
+
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{ok, trib};
 use serde_json::Value;
 use tributary_cluster::{Cluster, ClusterConfig};
 use tributary_events::{Activity, ActivityKind, Envelope, Event};
 use tributary_testkit::{RawRecord, TestBroker, unique_name};
-
-fn trib(broker: &TestBroker, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_trib"))
-        .args(args)
-        .env("KAFKA_BROKERS", broker.bootstrap())
-        .env_remove("KAFKA_CONFIG")
-        .output()
-        .unwrap()
-}
-
-fn ok(output: &Output) -> String {
-    assert!(
-        output.status.success(),
-        "trib failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout.clone()).unwrap()
-}
 
 fn failed(output: &Output, says: &str) {
     assert!(!output.status.success(), "trib should have failed");
