@@ -13,10 +13,20 @@
 //! replay re-derives them. An entry therefore holds its key (at most [`MAX_KEY_BYTES`] plus
 //! the client id and route), 32 bytes of fingerprint, a count and a time: under
 //! [`ENTRY_BYTES`] each, so the store is bounded by `capacity × ENTRY_BYTES`.
+//!
+//! With a journal (`DATA_DIR/idempotency.journal`, see [`Store::with_journal`]) the store
+//! survives a restart of the process: a request's time is written before it is published
+//! and its answer when it completes, so a retry after a crash (ingest killed between
+//! publishing and answering) derives the same ids, and one after a completed request gets
+//! the first answer. The journal is appended to without fsync: it survives the process
+//! (a crash, an OOM kill, a container restart on the same volume), not the machine.
 
 use std::collections::{HashMap, VecDeque};
+use std::fs::File;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::Notify;
 
@@ -77,6 +87,19 @@ pub struct Store {
     entries: Mutex<Entries>,
     window: Duration,
     capacity: usize,
+    /// Locked only while `entries` is, so its lines are in the order of the changes.
+    journal: Option<Mutex<Journal>>,
+}
+
+/// A journal line: time, fingerprint, and the answer's count once completed.
+type Saved = (u64, [u8; 32], Option<usize>);
+
+/// The append-only file a store is restored from.
+#[derive(Debug)]
+struct Journal {
+    path: PathBuf,
+    file: Option<File>,
+    lines: usize,
 }
 
 impl std::fmt::Debug for Store {
@@ -127,7 +150,127 @@ impl Store {
             entries: Mutex::new((HashMap::new(), VecDeque::new())),
             window,
             capacity: capacity.max(1),
+            journal: None,
         })
+    }
+
+    /// A store that keeps a journal at `path`, restored from it first: every request accepted
+    /// within the window before a restart keeps its time (and so its ids), every completed
+    /// one its answer. If the journal cannot be read or written the store works from memory
+    /// alone, and says so.
+    pub fn with_journal(window: Duration, capacity: usize, path: &Path) -> Arc<Store> {
+        let mut store = Store {
+            entries: Mutex::new((HashMap::new(), VecDeque::new())),
+            window,
+            capacity: capacity.max(1),
+            journal: None,
+        };
+        match store.restore(path) {
+            Ok(restored) => {
+                tracing::info!(
+                    path = %path.display(),
+                    restored,
+                    "idempotency journal restored"
+                );
+            }
+            Err(e) => tracing::warn!(
+                path = %path.display(),
+                error = %e,
+                "idempotency journal unusable: keys are remembered in memory only, so a \
+                 retry after a restart publishes again under new ids"
+            ),
+        }
+        Arc::new(store)
+    }
+
+    /// Loads the journal's entries still within the window, rewrites it with just those,
+    /// and keeps it open for appending.
+    fn restore(&mut self, path: &Path) -> std::io::Result<usize> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let now_wall = wall_ms();
+        let now = Instant::now();
+        let mut loaded: HashMap<Key, Saved> = HashMap::new();
+        match File::open(path) {
+            Ok(file) => {
+                for line in BufReader::new(file).lines() {
+                    // A torn last line (the process died mid-write) is skipped.
+                    if let Some((key, entry)) = parse_line(&line?) {
+                        loaded.insert(key, entry);
+                    }
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        let window_ms = u64::try_from(self.window.as_millis()).unwrap_or(u64::MAX);
+        let mut kept: Vec<(u64, Key, [u8; 32], Option<usize>)> = loaded
+            .into_iter()
+            .filter(|(_, (at, _, _))| now_wall.saturating_sub(*at) < window_ms)
+            .map(|(key, (at, fp, accepted))| (at, key, fp, accepted))
+            .collect();
+        kept.sort_by_key(|(at, ..)| *at);
+        let restored = kept.len();
+        {
+            let mut guard = self.lock();
+            let (map, order) = &mut *guard;
+            for (at, key, fingerprint, accepted) in kept {
+                let age = Duration::from_millis(now_wall.saturating_sub(at));
+                let completed = now.checked_sub(age).unwrap_or(now);
+                let entry = match accepted {
+                    Some(accepted) => Entry::Done {
+                        fingerprint,
+                        accepted,
+                        accepted_at_ms: at,
+                        completed,
+                    },
+                    // Begun and never answered: it may have been published, so a retry
+                    // must derive the same ids.
+                    None => Entry::Abandoned {
+                        fingerprint,
+                        accepted_at_ms: at,
+                        completed,
+                    },
+                };
+                map.insert(key.clone(), entry);
+                order.push_back((completed, key));
+            }
+            self.evict(map, order, now);
+        }
+        let mut journal = Journal {
+            path: path.to_owned(),
+            file: None,
+            lines: 0,
+        };
+        journal.rewrite(&self.lock().0)?;
+        self.journal = Some(Mutex::new(journal));
+        Ok(restored)
+    }
+
+    /// Appends a line; past twice the capacity in lines, rewrites the journal from `map`.
+    /// A write error turns the journal off (with a warning): requests go on.
+    fn journal(&self, map: &HashMap<Key, Entry>, line: String) {
+        let Some(journal) = &self.journal else { return };
+        let mut journal = journal.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(file) = journal.file.as_mut() else {
+            return;
+        };
+        let mut result = file.write_all(line.as_bytes());
+        if result.is_ok() {
+            journal.lines += 1;
+            if journal.lines > 2 * self.capacity + 1024 {
+                result = journal.rewrite(map);
+            }
+        }
+        if let Err(e) = result {
+            tracing::warn!(
+                path = %journal.path.display(),
+                error = %e,
+                "idempotency journal write failed: keys are remembered in memory only from now on"
+            );
+            journal.file = None;
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Entries> {
@@ -190,6 +333,9 @@ impl Store {
                                 done: Arc::new(Notify::new()),
                             },
                         );
+                        // Written before anything is published: after a crash, a retry
+                        // finds the time its copies were published under.
+                        self.journal(map, line(key, accepted_at_ms, &fingerprint, None));
                         return Begin::Proceed(Running {
                             store: self.clone(),
                             key: Some(key.clone()),
@@ -234,6 +380,7 @@ impl Store {
                     completed: now,
                 },
             );
+            self.journal(map, line(key, accepted_at_ms, &fingerprint, Some(accepted)));
             order.push_back((now, key.clone()));
             done.notify_waiters();
         }
@@ -307,12 +454,177 @@ impl Store {
     }
 }
 
+impl Journal {
+    /// Writes every entry of `map` to a new file and renames it over the journal.
+    fn rewrite(&mut self, map: &HashMap<Key, Entry>) -> std::io::Result<()> {
+        let tmp = self.path.with_extension("journal.tmp");
+        let mut out = std::io::BufWriter::new(File::create(&tmp)?);
+        let mut lines = 0;
+        for (key, entry) in map {
+            let text = match entry {
+                Entry::Running {
+                    fingerprint,
+                    accepted_at_ms,
+                    ..
+                }
+                | Entry::Abandoned {
+                    fingerprint,
+                    accepted_at_ms,
+                    ..
+                } => line(key, *accepted_at_ms, fingerprint, None),
+                Entry::Done {
+                    fingerprint,
+                    accepted,
+                    accepted_at_ms,
+                    ..
+                } => line(key, *accepted_at_ms, fingerprint, Some(*accepted)),
+            };
+            out.write_all(text.as_bytes())?;
+            lines += 1;
+        }
+        out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+        std::fs::rename(&tmp, &self.path)?;
+        self.file = Some(std::fs::OpenOptions::new().append(true).open(&self.path)?);
+        self.lines = lines;
+        Ok(())
+    }
+}
+
+fn wall_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// `<time> <accepted or -> <client hex> <key hex> <fingerprint hex>\n`: hex, because keys
+/// may hold spaces.
+fn line(key: &Key, accepted_at_ms: u64, fingerprint: &[u8; 32], accepted: Option<usize>) -> String {
+    format!(
+        "{accepted_at_ms} {} {} {} {}\n",
+        accepted.map_or("-".to_owned(), |a| a.to_string()),
+        hex::encode(key.0.as_bytes()),
+        hex::encode(key.1.as_bytes()),
+        hex::encode(fingerprint)
+    )
+}
+
+fn parse_line(text: &str) -> Option<(Key, Saved)> {
+    let mut parts = text.split(' ');
+    let at = parts.next()?.parse().ok()?;
+    let accepted = match parts.next()? {
+        "-" => None,
+        n => Some(n.parse().ok()?),
+    };
+    let client = String::from_utf8(hex::decode(parts.next()?).ok()?).ok()?;
+    let key = String::from_utf8(hex::decode(parts.next()?).ok()?).ok()?;
+    let fingerprint: [u8; 32] = hex::decode(parts.next()?).ok()?.try_into().ok()?;
+    if parts.next().is_some() {
+        return None;
+    }
+    Some(((client, key), (at, fingerprint, accepted)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn key(k: &str) -> Key {
         ("client".into(), k.into())
+    }
+
+    fn journal_path(name: &str) -> PathBuf {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        std::env::temp_dir()
+            .join(format!("ingest-journal-{}-{name}-{n}", std::process::id()))
+            .join("idempotency.journal")
+    }
+
+    async fn begin_at(store: &Arc<Store>, k: &str, fp: u8, at: u64) -> Begin {
+        store.begin(&key(k), [fp; 32], at).await
+    }
+
+    #[tokio::test]
+    async fn a_restarted_store_keeps_begun_times_and_completed_answers() {
+        let path = journal_path("restart");
+        let window = Duration::from_secs(600);
+        let t0 = wall_ms();
+        {
+            let store = Store::with_journal(window, 100, &path);
+            // "crashed": begun (maybe published), never answered, the guard leaked as a
+            // killed process would leave it.
+            match begin_at(&store, "crashed", 1, t0).await {
+                Begin::Proceed(running) => std::mem::forget(running),
+                other => panic!("{other:?}"),
+            }
+            match begin_at(&store, "answered", 2, t0 + 1).await {
+                Begin::Proceed(running) => running.complete(3),
+                other => panic!("{other:?}"),
+            }
+        }
+        let store = Store::with_journal(window, 100, &path);
+        // The retry of the crashed request runs again under its first time: same ids.
+        match begin_at(&store, "crashed", 1, t0 + 5_000).await {
+            Begin::Proceed(running) => assert_eq!(running.accepted_at_ms(), t0),
+            other => panic!("{other:?}"),
+        }
+        // The answered one is replayed, and a different request under its key conflicts.
+        assert!(matches!(
+            begin_at(&store, "answered", 2, t0 + 5_000).await,
+            Begin::Replay { accepted: 3, accepted_at_ms } if accepted_at_ms == t0 + 1
+        ));
+        assert!(matches!(
+            begin_at(&store, "answered", 9, t0 + 5_000).await,
+            Begin::Conflict
+        ));
+    }
+
+    #[tokio::test]
+    async fn expired_entries_and_a_torn_last_line_are_dropped_at_restore() {
+        let path = journal_path("expired");
+        let window = Duration::from_secs(60);
+        let now = wall_ms();
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let old = line(&key("old"), now - 120_000, &[1; 32], Some(1));
+        let fresh = line(&key("fresh"), now - 1_000, &[1; 32], Some(2));
+        let torn = &line(&key("torn"), now, &[1; 32], Some(1))[..20];
+        std::fs::write(&path, format!("{old}{fresh}{torn}")).unwrap();
+        let store = Store::with_journal(window, 100, &path);
+        assert!(matches!(
+            begin_at(&store, "fresh", 1, now).await,
+            Begin::Replay { accepted: 2, .. }
+        ));
+        match begin_at(&store, "old", 1, now).await {
+            Begin::Proceed(running) => assert_eq!(running.accepted_at_ms(), now),
+            other => panic!("{other:?}"),
+        }
+        // Rewritten at restore: only the fresh entry (then the new "old" request) remain.
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.lines().count(), 2, "{text}");
+    }
+
+    #[tokio::test]
+    async fn the_journal_is_rewritten_when_it_grows_and_still_restores() {
+        let path = journal_path("rotate");
+        let window = Duration::from_secs(600);
+        let now = wall_ms();
+        let capacity = 4;
+        {
+            let store = Store::with_journal(window, capacity, &path);
+            for i in 0..3000u64 {
+                match begin_at(&store, &format!("k{i}"), 1, now + i).await {
+                    Begin::Proceed(running) => running.complete(1),
+                    other => panic!("{other:?}"),
+                }
+            }
+        }
+        let lines = std::fs::read_to_string(&path).unwrap().lines().count();
+        assert!(lines <= 2 * capacity + 1024 + 1, "{lines} lines");
+        let store = Store::with_journal(window, capacity, &path);
+        assert!(matches!(
+            begin_at(&store, "k2999", 1, now).await,
+            Begin::Replay { accepted_at_ms, .. } if accepted_at_ms == now + 2999
+        ));
     }
 
     async fn proceed(store: &Arc<Store>, k: &str) -> Running {

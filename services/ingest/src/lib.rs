@@ -110,9 +110,10 @@ pub async fn start(config: IngestConfig, shutdown: Shutdown) -> anyhow::Result<R
     let state = Arc::new(AppState {
         verifier: signing::Verifier::new(keys, config.signature_max_age_secs, config.accept_v1),
         limiter: rate::RateLimiter::new(config.rate_limit, burst),
-        idempotency: Store::new(
+        idempotency: Store::with_journal(
             Duration::from_secs(config.idempotency_window_secs),
             config.idempotency_capacity,
+            &config.runtime.data_dir.join("idempotency.journal"),
         ),
         publisher: publish::Publisher::new(
             producer.clone(),

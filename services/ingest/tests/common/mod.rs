@@ -52,6 +52,8 @@ pub fn config(broker: &TestBroker) -> IngestConfig {
     runtime.brokers = broker.bootstrap();
     runtime.admin_addr = Some("127.0.0.1:0".parse().unwrap());
     runtime.statsd_addr = "127.0.0.1:9".into();
+    // Each test's own idempotency journal (a shared one would restore another test's keys).
+    runtime.data_dir = std::env::temp_dir().join(tributary_testkit::unique_name("ingest-data"));
     let mut config = IngestConfig::with_runtime(runtime);
     config.listen = "127.0.0.1:0".parse().unwrap();
     config.client_keys = ingest::config::Secret::default();

@@ -1,0 +1,648 @@
+//! The checks after quiescence, each against a reference computed from what ingest accepted:
+//! the truth topics, the enriched topic, every search index, every aggregate window, the
+//! metrics-emitter's counters and the dead-letter topics.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Duration;
+
+use anyhow::Context;
+use futures_util::StreamExt;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Headers;
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use serde_json::Value;
+use tributary_events::{ActivityKind, Envelope, Event, Price, Product, topics};
+
+use crate::load::{Item, Ledger, Sent};
+use crate::statsd::Agent;
+
+/// One check's verdict.
+#[derive(Debug, Clone)]
+pub struct Verdict {
+    /// What it checks.
+    pub name: String,
+    /// Whether it held.
+    pub passed: bool,
+    /// Numbers, or the first misses.
+    pub detail: String,
+}
+
+impl Verdict {
+    fn new(name: &str, passed: bool, detail: String) -> Verdict {
+        Verdict {
+            name: name.to_owned(),
+            passed,
+            detail,
+        }
+    }
+}
+
+/// A record as read back.
+#[derive(Debug)]
+pub struct Rec {
+    /// Partition.
+    pub partition: i32,
+    /// Key as text.
+    pub key: Option<String>,
+    /// Value bytes (None: a tombstone).
+    pub value: Option<Vec<u8>>,
+    /// Headers as text.
+    pub headers: Vec<(String, String)>,
+}
+
+/// Reads every record of `topic` from the beginning to the high watermark each partition had
+/// when the read began.
+pub fn read_topic(brokers: &str, topic: &str) -> anyhow::Result<Vec<Rec>> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "chaos-reader")
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", tributary_testkit::FETCH_WAIT_MAX_MS)
+        .set("log_level", "0")
+        .create()?;
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    let mut ends = HashMap::new();
+    let mut tpl = TopicPartitionList::new();
+    for &p in &partitions {
+        let (low, high) = consumer.fetch_watermarks(topic, p, Duration::from_secs(10))?;
+        if high > low {
+            ends.insert(p, high);
+            tpl.add_partition_offset(topic, p, Offset::Offset(low))?;
+        }
+    }
+    let mut out = Vec::new();
+    if ends.is_empty() {
+        return Ok(out);
+    }
+    consumer.assign(&tpl)?;
+    let mut last_progress = std::time::Instant::now();
+    while !ends.is_empty() {
+        // An error is transient (the broker restarting): the deadline below decides.
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+            {
+                last_progress = std::time::Instant::now();
+                let p = m.partition();
+                if let Some(&end) = ends.get(&p) {
+                    if m.offset() < end {
+                        out.push(Rec {
+                            partition: p,
+                            key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+                            value: m.payload().map(<[u8]>::to_vec),
+                            headers: m
+                                .headers()
+                                .map(|h| {
+                                    h.iter()
+                                        .map(|h| {
+                                            (
+                                                h.key.to_owned(),
+                                                String::from_utf8_lossy(
+                                                    h.value.unwrap_or_default(),
+                                                )
+                                                .into_owned(),
+                                            )
+                                        })
+                                        .collect()
+                                })
+                                .unwrap_or_default(),
+                        });
+                    }
+                    if m.offset() + 1 >= end {
+                        ends.remove(&p);
+                    }
+                }
+            }
+        }
+        if last_progress.elapsed() > Duration::from_secs(60) {
+            anyhow::bail!("reading {topic}: no progress for 60 s, {ends:?} not reached");
+        }
+    }
+    Ok(out)
+}
+
+/// Every topic on the broker.
+pub fn list_topics(brokers: &str) -> anyhow::Result<Vec<String>> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("log_level", "0")
+        .create()?;
+    let metadata = consumer.fetch_metadata(None, Duration::from_secs(10))?;
+    Ok(metadata
+        .topics()
+        .iter()
+        .map(|t| t.name().to_owned())
+        .collect())
+}
+
+/// What the catalogue should be, per product, from the ledger.
+#[derive(Debug, Default)]
+pub struct Truth {
+    product: HashMap<String, Product>,
+    price: HashMap<String, Price>,
+    stock: HashMap<String, u64>,
+    deleted: BTreeSet<String>,
+    /// (dim, id, window, start ms) → counts.
+    windows: BTreeMap<(&'static str, String, &'static str, i64), Counts>,
+    counters: BTreeMap<(&'static str, &'static str), f64>,
+}
+
+/// One window's counts.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Counts {
+    views: u64,
+    carts: u64,
+    orders: u64,
+    units: u64,
+    revenue: u64,
+}
+
+const WINDOWS: [(&str, i64); 2] = [("1m", 60_000), ("1h", 3_600_000)];
+
+impl Truth {
+    /// Folds the ledger in acceptance order.
+    pub fn from(ledger: &Ledger) -> Truth {
+        let mut t = Truth::default();
+        let mut count = |name: &'static str, tag: &'static str, by: f64| {
+            *t.counters.entry((name, tag)).or_default() += by;
+        };
+        for (_, sent) in &ledger.accepted {
+            match sent {
+                Sent::Product(_) => count("catalog.product.upserted", "", 1.0),
+                Sent::Deleted(_) => count("catalog.product.deleted", "", 1.0),
+                Sent::Price(_) => count("catalog.price.updated", "", 1.0),
+                Sent::Stock(s) => {
+                    count("catalog.stock.changed", "", 1.0);
+                    if s.quantity == 0 {
+                        count("catalog.stock.out_of_stock", "", 1.0);
+                    }
+                }
+                Sent::Activity(a, _) => {
+                    let tag = match a.kind {
+                        ActivityKind::ProductViewed => "kind:product_viewed",
+                        ActivityKind::AddedToCart => "kind:added_to_cart",
+                        ActivityKind::OrderPlaced => "kind:order_placed",
+                    };
+                    count("activity.event", tag, 1.0);
+                    if a.kind == ActivityKind::OrderPlaced {
+                        count("activity.order.units", "", a.units() as f64);
+                        count(
+                            "activity.order.revenue_minor",
+                            "currency:EUR",
+                            (a.units() * a.unit_price_minor.unwrap_or(0)) as f64,
+                        );
+                    }
+                }
+            }
+        }
+        for (_, sent) in &ledger.accepted {
+            match sent {
+                Sent::Product(p) => {
+                    t.product.insert(p.product_id.clone(), p.clone());
+                }
+                Sent::Deleted(id) => {
+                    t.product.remove(id);
+                    t.price.remove(id);
+                    t.stock.remove(id);
+                    t.deleted.insert(id.clone());
+                }
+                Sent::Price(p) => {
+                    t.price.insert(p.product_id.clone(), p.clone());
+                }
+                Sent::Stock(s) => {
+                    t.stock.insert(s.product_id.clone(), s.quantity);
+                }
+                Sent::Activity(a, brand) => {
+                    let ms = a.time.map_or(0, |t| t.timestamp_millis());
+                    for (window, size) in WINDOWS {
+                        let start = ms.div_euclid(size) * size;
+                        for (dim, id) in [("product", &a.product_id), ("brand", brand)] {
+                            let c = t
+                                .windows
+                                .entry((dim, id.clone(), window, start))
+                                .or_default();
+                            match a.kind {
+                                ActivityKind::ProductViewed => c.views += 1,
+                                ActivityKind::AddedToCart => c.carts += 1,
+                                ActivityKind::OrderPlaced => {
+                                    c.orders += 1;
+                                    c.units += a.units();
+                                    c.revenue += a.units() * a.unit_price_minor.unwrap_or(0);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        t
+    }
+
+    fn complete(&self, id: &str) -> bool {
+        self.product.contains_key(id) && self.price.contains_key(id) && self.stock.contains_key(id)
+    }
+
+    /// Products that should be searchable.
+    pub fn complete_count(&self) -> usize {
+        self.product.keys().filter(|id| self.complete(id)).count()
+    }
+}
+
+fn show<T: std::fmt::Debug>(misses: &[T]) -> String {
+    let shown: Vec<String> = misses.iter().take(3).map(|m| format!("{m:?}")).collect();
+    format!("{} (first: {})", misses.len(), shown.join("; "))
+}
+
+/// Every accepted event is on its topic, under its id; nothing else is; duplicates carry the
+/// id of the event they repeat.
+pub fn truth_topics(brokers: &str, ledger: &Ledger) -> anyhow::Result<Verdict> {
+    let mut expected: HashMap<String, (&'static str, String)> = HashMap::new();
+    for (id, sent) in &ledger.accepted {
+        expected.insert(id.to_uppercase(), (sent.topic(), sent.key().to_owned()));
+    }
+    let mut seen: HashMap<String, u64> = HashMap::new();
+    let mut unknown = Vec::new();
+    let mut misplaced = Vec::new();
+    let mut records = 0u64;
+    for topic in [
+        topics::PRODUCTS,
+        topics::PRICES,
+        topics::STOCK,
+        topics::ACTIVITY,
+    ] {
+        for rec in read_topic(brokers, topic)? {
+            records += 1;
+            let Some(value) = rec.value.as_deref() else {
+                unknown.push(format!("{topic}: tombstone under {:?}", rec.key));
+                continue;
+            };
+            match Envelope::decode(value) {
+                Ok(envelope) => {
+                    let id = envelope.id.to_string();
+                    match expected.get(&id) {
+                        Some((t, key)) if *t == topic && Some(key) == rec.key.as_ref() => {
+                            *seen.entry(id).or_default() += 1;
+                        }
+                        Some(_) => misplaced.push(format!("{id} on {topic}")),
+                        None => unknown.push(format!("{topic}: id {id} never accepted")),
+                    }
+                }
+                Err(e) => unknown.push(format!("{topic}: undecodable record ({e})")),
+            }
+        }
+    }
+    // The last accepted id per (topic, key): compaction may remove any record but that one.
+    let mut last: HashMap<(&'static str, &str), &str> = HashMap::new();
+    for (id, sent) in &ledger.accepted {
+        last.insert((sent.topic(), sent.key()), id.as_str());
+    }
+    let latest: std::collections::HashSet<String> =
+        last.values().map(|id| id.to_uppercase()).collect();
+    let mut missing = Vec::new();
+    let mut superseded = BTreeMap::<&str, u64>::new();
+    for (id, (topic, key)) in &expected {
+        if seen.contains_key(id) {
+            continue;
+        }
+        if latest.contains(id) || *topic == topics::ACTIVITY {
+            missing.push(format!("{id} ({topic} {key})"));
+        } else {
+            *superseded.entry(topic).or_default() += 1;
+        }
+    }
+    let duplicates: u64 = seen.values().map(|n| n - 1).sum();
+    let passed = missing.is_empty() && unknown.is_empty() && misplaced.is_empty();
+    let mut detail = format!(
+        "{} accepted, {} records read, {} repeated under their own id, superseded and gone {:?}",
+        expected.len(),
+        records,
+        duplicates,
+        superseded
+    );
+    if !missing.is_empty() {
+        detail += &format!("; MISSING {}", show(&missing));
+    }
+    if !unknown.is_empty() {
+        detail += &format!("; UNKNOWN {}", show(&unknown));
+    }
+    if !misplaced.is_empty() {
+        detail += &format!("; MISPLACED {}", show(&misplaced));
+    }
+    Ok(Verdict::new(
+        "truth topics: every accepted event once per id",
+        passed,
+        detail,
+    ))
+}
+
+/// The enriched topic's latest value per product is the merge of the latest truth (a
+/// tombstone, or nothing, for a deleted product).
+pub fn enriched(brokers: &str, truth: &Truth, items: &[Item]) -> anyhow::Result<Verdict> {
+    let mut latest: HashMap<String, Option<Vec<u8>>> = HashMap::new();
+    for rec in read_topic(brokers, topics::PRODUCTS_ENRICHED)? {
+        if let Some(key) = rec.key {
+            latest.insert(key, rec.value);
+        }
+    }
+    let mut misses = Vec::new();
+    for item in items {
+        let id = &item.id;
+        let actual = latest.get(id).cloned().flatten();
+        match (truth.product.get(id), actual) {
+            (None, None) => {}
+            (None, Some(_)) => misses.push(format!("{id}: deleted, but a value is latest")),
+            (Some(_), None) => misses.push(format!("{id}: no enriched value")),
+            (Some(product), Some(bytes)) => match Envelope::decode(&bytes) {
+                Ok(Envelope {
+                    event: Event::ProductEnriched(e),
+                    ..
+                }) => {
+                    let price = truth.price.get(id);
+                    let stock = truth.stock.get(id).copied();
+                    if &e.product != product
+                        || e.price.as_ref() != price
+                        || e.stock != stock
+                        || e.complete != truth.complete(id)
+                    {
+                        misses.push(format!(
+                            "{id}: enriched {:?}/{:?}/{:?}, truth {:?}/{:?}/{:?}",
+                            e.product.name,
+                            e.price.as_ref().map(|p| p.retail_minor),
+                            e.stock,
+                            product.name,
+                            price.map(|p| p.retail_minor),
+                            stock
+                        ));
+                    }
+                }
+                other => misses.push(format!("{id}: not an enriched product: {other:?}")),
+            },
+        }
+    }
+    let passed = misses.is_empty();
+    let detail = if passed {
+        format!(
+            "{} products ({} live, {} deleted) equal the merge of the truth",
+            items.len(),
+            truth.product.len(),
+            truth.deleted.len()
+        )
+    } else {
+        format!("MISMATCH {}", show(&misses))
+    };
+    Ok(Verdict::new(
+        "enriched topic: latest per product = merge of truth",
+        passed,
+        detail,
+    ))
+}
+
+/// One search-indexer instance holds exactly the complete products, with their latest values.
+pub async fn search(
+    http: &reqwest::Client,
+    label: &str,
+    base: &str,
+    truth: &Truth,
+    items: &[Item],
+) -> Verdict {
+    let name = format!("search index {label}: exactly the complete products, latest values");
+    let total = match http.get(format!("{base}/v1/search?limit=1")).send().await {
+        Ok(r) => r
+            .json::<Value>()
+            .await
+            .ok()
+            .and_then(|v| v["total"].as_u64()),
+        Err(_) => None,
+    };
+    let expected_total = truth.complete_count() as u64;
+    let checks = futures_util::stream::iter(items.iter().map(|item| async move {
+        let id = &item.id;
+        let answer = http.get(format!("{base}/v1/products/{id}")).send().await;
+        let (status, doc) = match answer {
+            Ok(r) => {
+                let status = r.status().as_u16();
+                (status, r.json::<Value>().await.unwrap_or(Value::Null))
+            }
+            Err(e) => return Some(format!("{id}: {e}")),
+        };
+        if !truth.complete(id) {
+            return (status != 404)
+                .then(|| format!("{id}: incomplete or deleted, answered {status}"));
+        }
+        if status != 200 {
+            return Some(format!("{id}: complete, answered {status}"));
+        }
+        let product = &truth.product[id];
+        let want = (
+            Some(product.name.as_str()),
+            truth.price.get(id).map(|p| p.retail_minor),
+            truth.stock.get(id).copied(),
+        );
+        let got = (
+            doc["name"].as_str(),
+            doc["price"]["retail_minor"].as_u64(),
+            doc["stock"].as_u64(),
+        );
+        (want != got).then(|| format!("{id}: indexed {got:?}, truth {want:?}"))
+    }))
+    .buffer_unordered(16)
+    .filter_map(|m| async move { m })
+    .collect::<Vec<String>>()
+    .await;
+    let passed = checks.is_empty() && total == Some(expected_total);
+    let detail = if passed {
+        format!("{expected_total} searchable of {} products", items.len())
+    } else {
+        format!(
+            "total {total:?} (want {expected_total}); MISMATCH {}",
+            show(&checks)
+        )
+    };
+    Verdict::new(&name, passed, detail)
+}
+
+/// Every product and brand window (1m, 1h) on the aggregates API equals the reference.
+pub async fn aggregates(
+    http: &reqwest::Client,
+    bases: &[String],
+    truth: &Truth,
+    items: &[Item],
+    from_ms: i64,
+    to_ms: i64,
+) -> Verdict {
+    let name = "aggregates API: every window equals the reference";
+    let mut keys: BTreeSet<(&'static str, String)> = BTreeSet::new();
+    for item in items {
+        keys.insert(("product", item.id.clone()));
+        keys.insert(("brand", item.brand.clone()));
+    }
+    let from = rfc3339(from_ms);
+    let to = rfc3339(to_ms);
+    let queries: Vec<(&'static str, String, &'static str)> = keys
+        .into_iter()
+        .flat_map(|(dim, id)| WINDOWS.iter().map(move |(w, _)| (dim, id.clone(), *w)))
+        .collect();
+    let windows = queries.len();
+    let misses = futures_util::stream::iter(queries.into_iter().map(|(dim, id, window)| {
+        let from = from.clone();
+        let to = to.clone();
+        async move {
+            let path =
+                format!("/v1/aggregates?dim={dim}&id={id}&window={window}&from={from}&to={to}");
+            let got = match query_any(http, bases, &path).await {
+                Ok(v) => v,
+                Err(e) => return Some(format!("{dim} {id} {window}: {e:#}")),
+            };
+            let mut actual = BTreeMap::new();
+            for w in got["windows"].as_array().into_iter().flatten() {
+                let start = w["start"]
+                    .as_str()
+                    .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+                    .map_or(-1, |t| t.timestamp_millis());
+                let c = Counts {
+                    views: w["views"].as_u64().unwrap_or(u64::MAX),
+                    carts: w["carts"].as_u64().unwrap_or(u64::MAX),
+                    orders: w["orders"].as_u64().unwrap_or(u64::MAX),
+                    units: w["units"].as_u64().unwrap_or(u64::MAX),
+                    revenue: w["revenue_minor"].as_u64().unwrap_or(u64::MAX),
+                };
+                actual.insert(start, c);
+            }
+            let expected: BTreeMap<i64, Counts> = truth
+                .windows
+                .range((dim, id.clone(), window, i64::MIN)..=(dim, id.clone(), window, i64::MAX))
+                .map(|((_, _, _, start), c)| (*start, *c))
+                .collect();
+            (actual != expected).then(|| {
+                let differing: Vec<String> = expected
+                    .iter()
+                    .filter(|(s, c)| actual.get(s) != Some(c))
+                    .map(|(s, c)| format!("{} want {c:?} got {:?}", rfc3339(*s), actual.get(s)))
+                    .chain(
+                        actual
+                            .iter()
+                            .filter(|(s, _)| !expected.contains_key(s))
+                            .map(|(s, c)| format!("{} unexpected {c:?}", rfc3339(*s))),
+                    )
+                    .take(2)
+                    .collect();
+                format!("{dim} {id} {window}: {}", differing.join(", "))
+            })
+        }
+    }))
+    .buffer_unordered(16)
+    .filter_map(|m| async move { m })
+    .collect::<Vec<String>>()
+    .await;
+    let passed = misses.is_empty();
+    let detail = if passed {
+        format!(
+            "{windows} series ({} windows with events) equal",
+            truth.windows.len()
+        )
+    } else {
+        format!("MISMATCH {}", show(&misses))
+    };
+    Verdict::new(name, passed, detail)
+}
+
+/// Asks the first instance that answers; follows a `421 not_owned` to the owner.
+async fn query_any(http: &reqwest::Client, bases: &[String], path: &str) -> anyhow::Result<Value> {
+    let mut last = String::from("no aggregation instance");
+    for base in bases {
+        let mut url = format!("{base}{path}");
+        for _ in 0..3 {
+            let response = match http.get(&url).send().await {
+                Ok(r) => r,
+                Err(e) => {
+                    last = e.to_string();
+                    break;
+                }
+            };
+            let status = response.status().as_u16();
+            let location = response
+                .headers()
+                .get("location")
+                .and_then(|l| l.to_str().ok())
+                .map(str::to_owned);
+            let body: Value = response.json().await.unwrap_or(Value::Null);
+            match (status, location) {
+                (200, _) => return Ok(body),
+                (421, Some(owner)) => url = owner,
+                _ => {
+                    last = format!("{status} {body}");
+                    break;
+                }
+            }
+        }
+    }
+    anyhow::bail!(last)
+}
+
+fn rfc3339(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// The metrics-emitter's counters are at least the truth (at least once: a replay after a
+/// crash may count again, nothing may go uncounted).
+pub fn counters(agent: &Agent, truth: &Truth) -> Verdict {
+    let mut misses = Vec::new();
+    let mut over = Vec::new();
+    for ((name, tag), want) in &truth.counters {
+        let tags: Vec<&str> = if tag.is_empty() { vec![] } else { vec![*tag] };
+        let got = agent.total("metrics-emitter", &format!("tributary.{name}"), &tags);
+        if got < *want {
+            misses.push(format!("{name} {tag}: {got} < {want}"));
+        } else {
+            over.push(got / want.max(1.0));
+        }
+    }
+    let passed = misses.is_empty();
+    let detail = if passed {
+        let max = over.iter().copied().fold(1.0f64, f64::max);
+        format!(
+            "{} counters at or above the truth (highest ratio {max:.3})",
+            truth.counters.len()
+        )
+    } else {
+        format!("BELOW {}", show(&misses))
+    };
+    Verdict::new(
+        "metrics-emitter counters never below the truth",
+        passed,
+        detail,
+    )
+}
+
+/// No dead-letter topic holds anything: every event sent was valid.
+pub fn dead_letters(brokers: &str) -> anyhow::Result<Verdict> {
+    let mut found = Vec::new();
+    let mut topics_seen = 0;
+    for topic in list_topics(brokers)?
+        .into_iter()
+        .filter(|t| t.ends_with(".dlq"))
+    {
+        topics_seen += 1;
+        for rec in read_topic(brokers, &topic).context("reading a DLQ")? {
+            let error: Vec<String> = rec
+                .headers
+                .iter()
+                .filter(|(k, _)| k.contains("error") || k.contains("original.topic"))
+                .map(|(k, v)| format!("{k}={v:.120}"))
+                .collect();
+            found.push(format!("{topic}[{}]: {}", rec.partition, error.join(" ")));
+        }
+    }
+    let passed = found.is_empty();
+    let detail = if passed {
+        format!("{topics_seen} dead-letter topics, all empty")
+    } else {
+        format!("DEAD LETTERS {}", show(&found))
+    };
+    Ok(Verdict::new("no valid event dead-lettered", passed, detail))
+}
