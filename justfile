@@ -15,3 +15,11 @@ schemas:
 # Benchmarks next to same-run baselines, written to docs/benchmarks.md.
 bench *ARGS:
     cargo xtask bench {{ARGS}}
+
+# The whole suite under faults, checked against a reference (docs/reliability.md).
+chaos *ARGS:
+    cargo xtask chaos {{ARGS}}
+
+# Bounded fuzzing of the parsers (docs/reliability.md).
+fuzz *ARGS:
+    cargo xtask fuzz {{ARGS}}

@@ -3,12 +3,14 @@
 //! - `cargo xtask test`: installs the dev broker if missing, then fmt, clippy and every test.
 //! - `cargo xtask up [--demo]`: builds, starts the dev broker (unless `KAFKA_BROKERS` is
 //!   set), applies `deploy/topics.yaml`, starts every service, stops them all on Ctrl-C.
+//! - `cargo xtask chaos`: the reliability harness (crates/chaos) on release binaries.
 //! - `cargo xtask bench`: benchmarks next to same-run baselines, into `docs/benchmarks.md`.
 //! - `cargo xtask schemas`: rewrites `schemas/` after a compatible change to the event types.
 
 mod bench;
 mod broker;
 mod cargo;
+mod chaos;
 mod demo;
 #[cfg(test)]
 mod deploy_checks;
@@ -28,6 +30,10 @@ commands:
   bench      run the benchmarks against baselines measured in the same run and write
              docs/benchmarks.md; options: --messages N (default 1000000), --only PACKAGE
              (re-run one benchmark; its rows replace its old ones)
+  chaos      the whole suite on the dev broker under killed, stopped, paused and added
+             instances and broker restarts, checked against what ingest accepted;
+             options: --events N (default 20000), --seed S, --rate R, --soak 30m (steady
+             load, no faults, memory and file descriptors watched), --keep
   schemas    regenerate schemas/ from the event types (refused if incompatible)";
 
 fn main() -> ExitCode {
@@ -36,6 +42,7 @@ fn main() -> ExitCode {
         Some("test") => test::run(&args[1..]),
         Some("up") => up::run(&args[1..]),
         Some("bench") => bench::run(&args[1..]),
+        Some("chaos") => chaos::run(&args[1..]),
         Some("schemas") => cargo::run(
             &["test", "-q", "-p", "tributary-events", "--test", "schemas"],
             &[("UPDATE_SCHEMAS", "1")],

@@ -1,8 +1,12 @@
-//! `cargo xtask test`: every check CI runs, in one command, ending with a one-line summary.
+//! `cargo xtask test`: every check CI runs, in one command, ending with a one-line summary:
+//! fmt, clippy, every test of the workspace and a short chaos run.
 
 use std::time::Instant;
 
 use crate::cargo;
+
+/// Events of the short chaos run in `cargo xtask test`.
+const CHAOS_EVENTS: u64 = 6_000;
 
 pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
     if let Some(arg) = args.first() {
@@ -36,6 +40,14 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
         let ok = cargo::run(&step_args, &[("TRIB_BROKER_BIN", &broker)]).is_ok();
         results.push((name, ok, step_started.elapsed()));
     }
+    // The short chaos run (about two minutes): the whole suite under faults, on the debug
+    // binaries the tests just built.
+    eprintln!("xtask: ── chaos: {CHAOS_EVENTS} events under faults");
+    let step_started = Instant::now();
+    let ok = crate::chaos::short_run(&broker, CHAOS_EVENTS)
+        .inspect_err(|e| eprintln!("xtask: chaos: {e:#}"))
+        .is_ok();
+    results.push(("chaos", ok, step_started.elapsed()));
     let summary: Vec<String> = results
         .iter()
         .map(|(name, ok, took)| {
