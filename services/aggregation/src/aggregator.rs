@@ -40,6 +40,14 @@ pub const META: Table<i64> = Table::new("meta");
 /// The latest event time each activity partition sent through the repartition topic
 /// (`d|topic/partition` → ms), under [`SOURCES`]: the brand windows' clock.
 pub const WATERMARKS: Table<BTreeMap<String, i64>> = Table::new("watermark");
+/// Activity event ids counted within the de-duplication horizon (value: nothing). ULIDs
+/// sort by their time, so the expired ones are one key range at the front.
+pub const SEEN: Table<u8> = Table::new("seen");
+/// The latest id time (ms) seen on a partition, in [`META`]: the de-duplication clock.
+const SEEN_CLOCK: &str = "seen.clock";
+/// How many expired ids one message forgets at most.
+const FORGET_PER_MESSAGE: usize = 1_000;
+
 /// The one key of [`WATERMARKS`].
 pub const SOURCES: &str = "brand.sources";
 
@@ -57,6 +65,9 @@ pub mod names {
     pub const LATE: &str = "aggregation.late";
     /// Counter: repartition records seen before (re-sent after a crash), skipped.
     pub const DUPLICATES: &str = "aggregation.repartition.duplicates";
+    /// Counter: activity events whose id was already counted (a copy published again
+    /// upstream), skipped.
+    pub const EVENT_DUPLICATES: &str = "aggregation.activity.duplicates";
     /// Counter: activity held until its product's brand is known.
     pub const HELD: &str = "aggregation.held";
     /// Counter, tags `dim`, `final`: window values published.
@@ -95,6 +106,8 @@ pub struct Settings {
     pub retention_ms: i64,
     /// Activity held for unknown products, per partition, at most.
     pub max_held: i64,
+    /// How long (ms of id time) an activity id is remembered against copies; 0: never.
+    pub dedupe_ms: i64,
     /// State commit batches.
     pub batching: Batching,
 }
@@ -574,12 +587,49 @@ impl Aggregator {
         Output::event(&self.settings.repartition, envelope)
     }
 
+    /// Whether `id` was counted already (within the horizon); otherwise remembers it and
+    /// forgets ids that fell out of the horizon. Ingest derives the ids of a request again
+    /// when it publishes it again after a crash, so a copy carries its original's id; the
+    /// offsets and the state commit together, so a replay of this service's own input is
+    /// skipped before it gets here and never counts as a copy.
+    fn seen_before(&self, id: Ulid, state: &mut State<'_>) -> Result<bool, ProcessError> {
+        if self.settings.dedupe_ms <= 0 {
+            return Ok(false);
+        }
+        let key = id.to_string();
+        if state.get(&SEEN, &key)?.is_some() {
+            return Ok(true);
+        }
+        let id_ms = i64::try_from(id.timestamp_ms()).unwrap_or(i64::MAX);
+        let clock = Self::meta(state, SEEN_CLOCK)?.unwrap_or(i64::MIN);
+        if id_ms < clock.saturating_sub(self.settings.dedupe_ms) {
+            // Older than the horizon: its original (if any) is forgotten; count it.
+            return Ok(false);
+        }
+        state.put(&SEEN, &key, &0)?;
+        // Forget once per second of id time, a bounded number at a time.
+        if id_ms / 1000 > clock / 1000 {
+            state.put(&META, SEEN_CLOCK, &id_ms)?;
+            let cutoff = u64::try_from(id_ms.saturating_sub(self.settings.dedupe_ms)).unwrap_or(0);
+            let below = Ulid::from_parts(cutoff, 0).to_string();
+            for (old, _) in state.range(&SEEN, "", &below, FORGET_PER_MESSAGE)? {
+                state.delete(&SEEN, &old)?;
+            }
+        }
+        Ok(false)
+    }
+
     fn on_activity(
         &self,
         message: &Incoming,
+        id: Ulid,
         activity: &Activity,
         state: &mut State<'_>,
     ) -> Result<Vec<Output>, ProcessError> {
+        if self.seen_before(id, state)? {
+            counter!(names::EVENT_DUPLICATES).increment(1);
+            return Ok(Vec::new());
+        }
         let time = event_time(message, activity);
         let time_ms = time.timestamp_millis();
         let mut windows = Vec::new();
@@ -837,7 +887,7 @@ impl StatefulProcessor for Aggregator {
                 self.on_repartitioned(message, envelope, activity, state)
             }
             Event::Activity(activity) if topic == self.settings.activity => {
-                self.on_activity(message, activity, state)
+                self.on_activity(message, envelope.id, activity, state)
             }
             Event::ProductUpserted(p) if topic == self.settings.products => {
                 self.on_product(message, &p.product_id, &p.brand_id, state)

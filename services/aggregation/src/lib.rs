@@ -89,6 +89,11 @@ pub struct AggregationConfig {
     /// dead-lettered.
     #[arg(long, env = "AGGREGATION_MAX_HELD", default_value_t = 100_000)]
     pub max_held: u64,
+    /// How long an activity event's id is remembered, ms of id time: a copy of it arriving
+    /// within this (ingest publishing a request again after a crash, with the same ids) is
+    /// not counted twice. 0 turns de-duplication off.
+    #[arg(long, env = "AGGREGATION_DEDUPE_MS", default_value_t = 600_000)]
+    pub dedupe_ms: u64,
     /// Messages per state commit (per partition), at most. Under a backlog a larger batch
     /// writes a busy window once per commit rather than once per 1,000 messages; at light
     /// load `STATE_BATCH_MS` ends batches first.
@@ -115,6 +120,7 @@ impl AggregationConfig {
             interim_ms: 1_000,
             retention_ms: 86_400_000,
             max_held: 100_000,
+            dedupe_ms: 600_000,
             batch_messages: 10_000,
             batch_ms: 100,
         }
@@ -216,6 +222,7 @@ pub async fn start(config: AggregationConfig, shutdown: Shutdown) -> anyhow::Res
         interim_ms: ms(config.interim_ms),
         retention_ms: ms(config.retention_ms),
         max_held: ms(config.max_held),
+        dedupe_ms: ms(config.dedupe_ms),
         batching: Batching {
             max_messages: config.batch_messages.max(1),
             max_wait: Duration::from_millis(config.batch_ms.max(1)),

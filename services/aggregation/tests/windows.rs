@@ -1,7 +1,8 @@
 //! Aggregation against a real broker: counts and revenue per product and per brand equal a
 //! reference computed here (a brand spread over every partition, activity arriving before
 //! its product); late events inside the grace period amend their window and later ones are
-//! dead-lettered; order inside a window does not matter; bad queries are named.
+//! dead-lettered; order inside a window does not matter; copies of an event under its id
+//! count once; bad queries are named.
 
 mod common;
 
@@ -517,6 +518,74 @@ async fn a_window_s_latest_value_reaches_the_topic_when_the_stream_goes_quiet() 
         Event::WindowAggregated(w) => assert_eq!(w.views, EVENTS as u64),
         other => panic!("{other:?}"),
     }
+    shutdown.trigger();
+    running.wait().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn copies_of_an_event_under_its_id_count_once_and_other_events_each_time() {
+    // Ingest publishes a request again after a crash under the same ids: such copies must
+    // not count twice, for the product or for its brand. An equal event under another id
+    // is another event and counts.
+    let broker = TestBroker::shared();
+    let topics = Topics::create(broker, "agg-copies", 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(broker, &topics, dir.path());
+    let shutdown = Shutdown::new();
+    let running = aggregation::start(config, shutdown.clone()).await.unwrap();
+    broker
+        .produce_envelopes(&topics.products, &[product("p-dup", "b-dup")])
+        .await
+        .unwrap();
+    let base = at("2026-11-23T09:00:00Z");
+    let originals: Vec<Envelope> = (0..30)
+        .map(|i| {
+            activity(
+                ActivityKind::ALL[i % 3],
+                "p-dup",
+                base + chrono::Duration::seconds(i as i64),
+                2,
+                300,
+            )
+        })
+        .collect();
+    let equal_but_new: Vec<Envelope> = originals[..10]
+        .iter()
+        .map(|e| e.clone().with_id(ulid::Ulid::new()))
+        .collect();
+    // The marker comes last on the partition: once it is counted, every copy before it was
+    // processed.
+    let marker = activity(
+        ActivityKind::ProductViewed,
+        "p-dup",
+        base + chrono::Duration::seconds(40),
+        1,
+        0,
+    );
+    let mut sent = originals.clone();
+    sent.extend(originals.iter().rev().cloned());
+    sent.extend(equal_but_new.iter().cloned());
+    sent.extend(originals[..5].iter().cloned());
+    sent.push(marker.clone());
+    broker
+        .produce_envelopes(&topics.activity, &sent)
+        .await
+        .unwrap();
+    let counted: Vec<&Envelope> = originals
+        .iter()
+        .chain(&equal_but_new)
+        .chain(std::iter::once(&marker))
+        .collect();
+    let want = reference(counted.iter().copied(), 60);
+    let api = running.api_addr;
+    eventually("product windows", WAIT, || async {
+        windows(api, "product", "p-dup", "1m").await == want
+    })
+    .await;
+    eventually("brand windows", WAIT, || async {
+        windows(api, "brand", "b-dup", "1m").await == want
+    })
+    .await;
     shutdown.trigger();
     running.wait().await.unwrap();
 }
