@@ -4,6 +4,7 @@
 //! - `cargo xtask up [--demo]`: builds, starts the dev broker (unless `KAFKA_BROKERS` is
 //!   set), applies `deploy/topics.yaml`, starts every service, stops them all on Ctrl-C.
 //! - `cargo xtask chaos`: the reliability harness (crates/chaos) on release binaries.
+//! - `cargo xtask fuzz`: bounded fuzzing of the parsers (crates/fuzz).
 //! - `cargo xtask bench`: benchmarks next to same-run baselines, into `docs/benchmarks.md`.
 //! - `cargo xtask schemas`: rewrites `schemas/` after a compatible change to the event types.
 
@@ -14,6 +15,7 @@ mod chaos;
 mod demo;
 #[cfg(test)]
 mod deploy_checks;
+mod fuzz;
 mod test;
 mod up;
 
@@ -34,6 +36,9 @@ commands:
              instances and broker restarts, checked against what ingest accepted;
              options: --events N (default 20000), --seed S, --rate R, --soak 30m (steady
              load, no faults, memory and file descriptors watched), --keep
+  fuzz       a bounded libFuzzer run of each fuzz target (envelope, ingest_body,
+             search_query), corpus seeded from schemas/samples; a crash becomes a
+             regression test; options: --secs N per target (default 60), --target NAME
   schemas    regenerate schemas/ from the event types (refused if incompatible)";
 
 fn main() -> ExitCode {
@@ -43,6 +48,7 @@ fn main() -> ExitCode {
         Some("up") => up::run(&args[1..]),
         Some("bench") => bench::run(&args[1..]),
         Some("chaos") => chaos::run(&args[1..]),
+        Some("fuzz") => fuzz::run(&args[1..]),
         Some("schemas") => cargo::run(
             &["test", "-q", "-p", "tributary-events", "--test", "schemas"],
             &[("UPDATE_SCHEMAS", "1")],

@@ -238,3 +238,20 @@ fn escaped_and_unicode_strings_decode_the_same_on_both_paths() {
         agree(&label, pretty.as_bytes(), &mut 0);
     }
 }
+
+#[test]
+fn invalid_utf8_anywhere_is_refused_by_both_paths_even_in_an_unknown_field() {
+    // Found by the envelope fuzz target: serde skips an unknown field's string unchecked.
+    for (name, sample) in samples() {
+        let text = serde_json::to_string(&sample).unwrap();
+        // An unknown field whose string holds a lone continuation byte.
+        let mut bytes = b"{\"extra\":\"a\xABb\",".to_vec();
+        bytes.extend_from_slice(&text.as_bytes()[1..]);
+        assert!(
+            std::str::from_utf8(&bytes).is_err(),
+            "{name}: the input is not UTF-8"
+        );
+        assert!(Envelope::decode_fast(&bytes).is_none(), "{name}: fast path");
+        assert!(Envelope::decode(&bytes).is_err(), "{name}: decode");
+    }
+}
