@@ -84,36 +84,34 @@ pub fn read_topic(brokers: &str, topic: &str) -> anyhow::Result<Vec<Rec>> {
     while !ends.is_empty() {
         // An error is transient (the broker restarting): the deadline below decides.
         if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
-            {
-                last_progress = std::time::Instant::now();
-                let p = m.partition();
-                if let Some(&end) = ends.get(&p) {
-                    if m.offset() < end {
-                        out.push(Rec {
-                            partition: p,
-                            key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
-                            value: m.payload().map(<[u8]>::to_vec),
-                            headers: m
-                                .headers()
-                                .map(|h| {
-                                    h.iter()
-                                        .map(|h| {
-                                            (
-                                                h.key.to_owned(),
-                                                String::from_utf8_lossy(
-                                                    h.value.unwrap_or_default(),
-                                                )
-                                                .into_owned(),
+            last_progress = std::time::Instant::now();
+            let p = m.partition();
+            if let Some(&end) = ends.get(&p) {
+                if m.offset() < end {
+                    out.push(Rec {
+                        partition: p,
+                        key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+                        value: m.payload().map(<[u8]>::to_vec),
+                        headers: m
+                            .headers()
+                            .map(|h| {
+                                h.iter()
+                                    .map(|h| {
+                                        (
+                                            h.key.to_owned(),
+                                            String::from_utf8_lossy(
+                                                h.value.unwrap_or_default(),
                                             )
-                                        })
-                                        .collect()
-                                })
-                                .unwrap_or_default(),
-                        });
-                    }
-                    if m.offset() + 1 >= end {
-                        ends.remove(&p);
-                    }
+                                            .into_owned(),
+                                        )
+                                    })
+                                    .collect()
+                            })
+                            .unwrap_or_default(),
+                    });
+                }
+                if m.offset() + 1 >= end {
+                    ends.remove(&p);
                 }
             }
         }
