@@ -45,8 +45,11 @@ pub const WATERMARKS: Table<BTreeMap<String, i64>> = Table::new("watermark");
 pub const SEEN: Table<u8> = Table::new("seen");
 /// The latest id time (ms) seen on a partition, in [`META`]: the de-duplication clock.
 const SEEN_CLOCK: &str = "seen.clock";
-/// How many expired ids one message forgets at most.
-const FORGET_PER_MESSAGE: usize = 1_000;
+/// How many expired ids each id remembered forgets at most (more than one, so the table
+/// shrinks back after the clock jumps).
+const FORGET_PER_ID: usize = 2;
+/// How far ahead of this host's clock the de-duplication clock may run, ms.
+const CLOCK_LEAD_MS: i64 = 60_000;
 
 /// The one key of [`WATERMARKS`].
 pub const SOURCES: &str = "brand.sources";
@@ -601,20 +604,27 @@ impl Aggregator {
             return Ok(true);
         }
         let id_ms = i64::try_from(id.timestamp_ms()).unwrap_or(i64::MAX);
-        let clock = Self::meta(state, SEEN_CLOCK)?.unwrap_or(i64::MIN);
-        if id_ms < clock.saturating_sub(self.settings.dedupe_ms) {
+        // The clock is the newest id time seen, but never more than a minute ahead of this
+        // host's clock: one id from a host whose clock runs fast must not age every other id
+        // out of the horizon (and so turn de-duplication off until real time catches up).
+        let ceiling = Utc::now().timestamp_millis().saturating_add(CLOCK_LEAD_MS);
+        let stored = Self::meta(state, SEEN_CLOCK)?;
+        let clock = stored.unwrap_or(i64::MIN).max(id_ms).min(ceiling);
+        if stored.is_none_or(|s| clock / 1000 != s / 1000) {
+            // Written once per second of id time, not once per event.
+            state.put(&META, SEEN_CLOCK, &clock)?;
+        }
+        let cutoff = clock.saturating_sub(self.settings.dedupe_ms);
+        if id_ms < cutoff {
             // Older than the horizon: its original (if any) is forgotten; count it.
             return Ok(false);
         }
         state.put(&SEEN, &key, &0)?;
-        // Forget once per second of id time, a bounded number at a time.
-        if id_ms / 1000 > clock / 1000 {
-            state.put(&META, SEEN_CLOCK, &id_ms)?;
-            let cutoff = u64::try_from(id_ms.saturating_sub(self.settings.dedupe_ms)).unwrap_or(0);
-            let below = Ulid::from_parts(cutoff, 0).to_string();
-            for (old, _) in state.range(&SEEN, "", &below, FORGET_PER_MESSAGE)? {
-                state.delete(&SEEN, &old)?;
-            }
+        // Forget up to two expired ids for each one remembered: the table holds the
+        // horizon's ids and shrinks back after a jump of the clock, whatever the rate.
+        let below = Ulid::from_parts(u64::try_from(cutoff).unwrap_or(0), 0).to_string();
+        for (old, _) in state.range(&SEEN, "", &below, FORGET_PER_ID)? {
+            state.delete(&SEEN, &old)?;
         }
         Ok(false)
     }

@@ -526,7 +526,8 @@ async fn a_window_s_latest_value_reaches_the_topic_when_the_stream_goes_quiet() 
 async fn copies_of_an_event_under_its_id_count_once_and_other_events_each_time() {
     // Ingest publishes a request again after a crash under the same ids: such copies must
     // not count twice, for the product or for its brand. An equal event under another id
-    // is another event and counts.
+    // is another event and counts. An id from a host whose clock runs a day ahead comes
+    // first: it must not age the others out of the de-duplication horizon.
     let broker = TestBroker::shared();
     let topics = Topics::create(broker, "agg-copies", 1).await;
     let dir = tempfile::tempdir().unwrap();
@@ -562,7 +563,19 @@ async fn copies_of_an_event_under_its_id_count_once_and_other_events_each_time()
         1,
         0,
     );
-    let mut sent = originals.clone();
+    let ahead = activity(
+        ActivityKind::AddedToCart,
+        "p-dup",
+        base + chrono::Duration::seconds(35),
+        1,
+        0,
+    )
+    .with_id(ulid::Ulid::from_parts(
+        u64::try_from(Utc::now().timestamp_millis() + 86_400_000).unwrap(),
+        7,
+    ));
+    let mut sent = vec![ahead.clone()];
+    sent.extend(originals.iter().cloned());
     sent.extend(originals.iter().rev().cloned());
     sent.extend(equal_but_new.iter().cloned());
     sent.extend(originals[..5].iter().cloned());
@@ -571,8 +584,8 @@ async fn copies_of_an_event_under_its_id_count_once_and_other_events_each_time()
         .produce_envelopes(&topics.activity, &sent)
         .await
         .unwrap();
-    let counted: Vec<&Envelope> = originals
-        .iter()
+    let counted: Vec<&Envelope> = std::iter::once(&ahead)
+        .chain(&originals)
         .chain(&equal_but_new)
         .chain(std::iter::once(&marker))
         .collect();

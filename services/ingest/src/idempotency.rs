@@ -23,7 +23,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -91,8 +91,17 @@ pub struct Store {
     journal: Option<Mutex<Journal>>,
 }
 
-/// A journal line: time, fingerprint, and the answer's count once completed.
-type Saved = (u64, [u8; 32], Option<usize>);
+/// A journal line.
+#[derive(Debug, Clone, Copy)]
+struct Saved {
+    /// The request's time (the time part of its ids).
+    accepted_at_ms: u64,
+    /// When the line was written: begun, abandoned or completed.
+    written_ms: u64,
+    fingerprint: [u8; 32],
+    /// The answer's count, once completed.
+    accepted: Option<usize>,
+}
 
 /// The append-only file a store is restored from.
 #[derive(Debug)]
@@ -191,34 +200,41 @@ impl Store {
         }
         let now_wall = wall_ms();
         let now = Instant::now();
-        let mut loaded: HashMap<Key, Saved> = HashMap::new();
-        match File::open(path) {
-            Ok(file) => {
-                for line in BufReader::new(file).lines() {
-                    // A torn last line (the process died mid-write) is skipped.
-                    if let Some((key, entry)) = parse_line(&line?) {
-                        loaded.insert(key, entry);
+        // Per key its last line, and where that line is: lines written in the same
+        // millisecond keep the file's order.
+        let mut loaded: HashMap<Key, (Saved, usize)> = HashMap::new();
+        match std::fs::read(path) {
+            Ok(bytes) => {
+                for (n, text) in bytes.split(|b| *b == b'\n').enumerate() {
+                    // A torn last line (the process died mid-write) or a damaged one is
+                    // skipped; the rest still restores.
+                    if let Some((key, saved)) = std::str::from_utf8(text).ok().and_then(parse_line)
+                    {
+                        loaded.insert(key, (saved, n));
                     }
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
         }
+        // An entry's window runs from its line's time: when it completed, or when it was
+        // begun or abandoned, as it does in memory.
         let window_ms = u64::try_from(self.window.as_millis()).unwrap_or(u64::MAX);
-        let mut kept: Vec<(u64, Key, [u8; 32], Option<usize>)> = loaded
+        let mut kept: Vec<((u64, usize), Key, Saved)> = loaded
             .into_iter()
-            .filter(|(_, (at, _, _))| now_wall.saturating_sub(*at) < window_ms)
-            .map(|(key, (at, fp, accepted))| (at, key, fp, accepted))
+            .filter(|(_, (saved, _))| now_wall.saturating_sub(saved.written_ms) < window_ms)
+            .map(|(key, (saved, n))| ((saved.written_ms, n), key, saved))
             .collect();
-        kept.sort_by_key(|(at, ..)| *at);
+        kept.sort_by_key(|(order, ..)| *order);
         let restored = kept.len();
         {
             let mut guard = self.lock();
             let (map, order) = &mut *guard;
-            for (at, key, fingerprint, accepted) in kept {
-                let age = Duration::from_millis(now_wall.saturating_sub(at));
+            for ((written, _), key, saved) in kept {
+                let age = Duration::from_millis(now_wall.saturating_sub(written));
                 let completed = now.checked_sub(age).unwrap_or(now);
-                let entry = match accepted {
+                let (fingerprint, at) = (saved.fingerprint, saved.accepted_at_ms);
+                let entry = match saved.accepted {
                     Some(accepted) => Entry::Done {
                         fingerprint,
                         accepted,
@@ -335,7 +351,10 @@ impl Store {
                         );
                         // Written before anything is published: after a crash, a retry
                         // finds the time its copies were published under.
-                        self.journal(map, line(key, accepted_at_ms, &fingerprint, None));
+                        self.journal(
+                            map,
+                            line(key, accepted_at_ms, wall_ms(), &fingerprint, None),
+                        );
                         return Begin::Proceed(Running {
                             store: self.clone(),
                             key: Some(key.clone()),
@@ -380,7 +399,10 @@ impl Store {
                     completed: now,
                 },
             );
-            self.journal(map, line(key, accepted_at_ms, &fingerprint, Some(accepted)));
+            self.journal(
+                map,
+                line(key, accepted_at_ms, wall_ms(), &fingerprint, Some(accepted)),
+            );
             order.push_back((now, key.clone()));
             done.notify_waiters();
         }
@@ -438,6 +460,11 @@ impl Store {
                 },
             );
             order.push_back((now, key.clone()));
+            // Its window now runs from here, after a restart too.
+            self.journal(
+                map,
+                line(key, accepted_at_ms, wall_ms(), &fingerprint, None),
+            );
             done.notify_waiters();
             self.evict(map, order, now);
         }
@@ -460,29 +487,44 @@ impl Journal {
         let tmp = self.path.with_extension("journal.tmp");
         let mut out = std::io::BufWriter::new(File::create(&tmp)?);
         let mut lines = 0;
+        let (now, now_wall) = (Instant::now(), wall_ms());
+        let written = |completed: &Instant| {
+            let age = u64::try_from(now.saturating_duration_since(*completed).as_millis())
+                .unwrap_or(u64::MAX);
+            now_wall.saturating_sub(age)
+        };
         for (key, entry) in map {
             let text = match entry {
                 Entry::Running {
                     fingerprint,
                     accepted_at_ms,
                     ..
-                }
-                | Entry::Abandoned {
+                } => line(key, *accepted_at_ms, now_wall, fingerprint, None),
+                Entry::Abandoned {
                     fingerprint,
                     accepted_at_ms,
-                    ..
-                } => line(key, *accepted_at_ms, fingerprint, None),
+                    completed,
+                } => line(key, *accepted_at_ms, written(completed), fingerprint, None),
                 Entry::Done {
                     fingerprint,
                     accepted,
                     accepted_at_ms,
-                    ..
-                } => line(key, *accepted_at_ms, fingerprint, Some(*accepted)),
+                    completed,
+                } => line(
+                    key,
+                    *accepted_at_ms,
+                    written(completed),
+                    fingerprint,
+                    Some(*accepted),
+                ),
             };
             out.write_all(text.as_bytes())?;
             lines += 1;
         }
-        out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+        // No fsync, as for the appends: the journal survives the process, not the machine;
+        // the rename replaces it whole.
+        out.flush()?;
+        drop(out);
         std::fs::rename(&tmp, &self.path)?;
         self.file = Some(std::fs::OpenOptions::new().append(true).open(&self.path)?);
         self.lines = lines;
@@ -496,11 +538,17 @@ fn wall_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-/// `<time> <accepted or -> <client hex> <key hex> <fingerprint hex>\n`: hex, because keys
-/// may hold spaces.
-fn line(key: &Key, accepted_at_ms: u64, fingerprint: &[u8; 32], accepted: Option<usize>) -> String {
+/// `<time> <written> <accepted or -> <client hex> <key hex> <fingerprint hex>\n`: hex,
+/// because keys may hold spaces.
+fn line(
+    key: &Key,
+    accepted_at_ms: u64,
+    written_ms: u64,
+    fingerprint: &[u8; 32],
+    accepted: Option<usize>,
+) -> String {
     format!(
-        "{accepted_at_ms} {} {} {} {}\n",
+        "{accepted_at_ms} {written_ms} {} {} {} {}\n",
         accepted.map_or("-".to_owned(), |a| a.to_string()),
         hex::encode(key.0.as_bytes()),
         hex::encode(key.1.as_bytes()),
@@ -510,7 +558,8 @@ fn line(key: &Key, accepted_at_ms: u64, fingerprint: &[u8; 32], accepted: Option
 
 fn parse_line(text: &str) -> Option<(Key, Saved)> {
     let mut parts = text.split(' ');
-    let at = parts.next()?.parse().ok()?;
+    let accepted_at_ms = parts.next()?.parse().ok()?;
+    let written_ms = parts.next()?.parse().ok()?;
     let accepted = match parts.next()? {
         "-" => None,
         n => Some(n.parse().ok()?),
@@ -521,7 +570,15 @@ fn parse_line(text: &str) -> Option<(Key, Saved)> {
     if parts.next().is_some() {
         return None;
     }
-    Some(((client, key), (at, fingerprint, accepted)))
+    Some((
+        (client, key),
+        Saved {
+            accepted_at_ms,
+            written_ms,
+            fingerprint,
+            accepted,
+        },
+    ))
 }
 
 #[cfg(test)]
@@ -585,10 +642,16 @@ mod tests {
         let window = Duration::from_secs(60);
         let now = wall_ms();
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        let old = line(&key("old"), now - 120_000, &[1; 32], Some(1));
-        let fresh = line(&key("fresh"), now - 1_000, &[1; 32], Some(2));
-        let torn = &line(&key("torn"), now, &[1; 32], Some(1))[..20];
-        std::fs::write(&path, format!("{old}{fresh}{torn}")).unwrap();
+        let old = line(&key("old"), now - 120_000, now - 120_000, &[1; 32], Some(1));
+        let fresh = line(&key("fresh"), now - 1_000, now - 1_000, &[1; 32], Some(2));
+        // Torn by a crash mid-write: one hex digit and the newline short.
+        let torn = line(&key("torn"), now, now, &[1; 32], Some(1));
+        let torn = &torn[..torn.len() - 2];
+        let mut bytes = format!("{old}{fresh}").into_bytes();
+        // A damaged line (not UTF-8) is skipped, not the end of the restore.
+        bytes.extend_from_slice(b"\xff\xfe damaged\n");
+        bytes.extend_from_slice(torn.as_bytes());
+        std::fs::write(&path, bytes).unwrap();
         let store = Store::with_journal(window, 100, &path);
         assert!(matches!(
             begin_at(&store, "fresh", 1, now).await,
@@ -598,9 +661,35 @@ mod tests {
             Begin::Proceed(running) => assert_eq!(running.accepted_at_ms(), now),
             other => panic!("{other:?}"),
         }
-        // Rewritten at restore: only the fresh entry (then the new "old" request) remain.
+        // Rewritten at restore: the fresh entry, then the lines of the new "old" request
+        // (begun, then abandoned as its guard dropped); nothing expired, torn or damaged.
         let text = std::fs::read_to_string(&path).unwrap();
-        assert_eq!(text.lines().count(), 2, "{text}");
+        let keys: Vec<&str> = text.lines().map(|l| l.split(' ').nth(4).unwrap()).collect();
+        assert_eq!(
+            keys,
+            [hex::encode("fresh"), hex::encode("old"), hex::encode("old")],
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_request_completed_long_after_it_began_is_remembered_from_its_completion() {
+        // Accepted two hours ago (a 503, retried until it went through just now): a one-hour
+        // window counts from the completion, in memory and after a restart alike.
+        let path = journal_path("late-completion");
+        let now = wall_ms();
+        {
+            let store = Store::with_journal(Duration::from_secs(3600), 100, &path);
+            match begin_at(&store, "slow", 1, now - 7_200_000).await {
+                Begin::Proceed(running) => running.complete(4),
+                other => panic!("{other:?}"),
+            }
+        }
+        let store = Store::with_journal(Duration::from_secs(3600), 100, &path);
+        assert!(matches!(
+            begin_at(&store, "slow", 1, now).await,
+            Begin::Replay { accepted: 4, accepted_at_ms } if accepted_at_ms == now - 7_200_000
+        ));
     }
 
     #[tokio::test]
