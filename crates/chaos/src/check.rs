@@ -99,10 +99,8 @@ pub fn read_topic(brokers: &str, topic: &str) -> anyhow::Result<Vec<Rec>> {
                                     .map(|h| {
                                         (
                                             h.key.to_owned(),
-                                            String::from_utf8_lossy(
-                                                h.value.unwrap_or_default(),
-                                            )
-                                            .into_owned(),
+                                            String::from_utf8_lossy(h.value.unwrap_or_default())
+                                                .into_owned(),
                                         )
                                     })
                                     .collect()

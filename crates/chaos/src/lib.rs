@@ -186,6 +186,22 @@ async fn drive(
         until: options.soak.map(|d| Instant::now() + d),
     };
     let progress = Arc::new(Progress::default());
+    let reporter = {
+        let progress = progress.clone();
+        let findings = findings.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(30)).await;
+                let accepted = progress.accepted.load(Ordering::SeqCst);
+                let faults = findings.lock().map_or(0, |f| f.injected.len());
+                println!(
+                    "chaos: {:.0} s: {accepted} events streamed ({:.0}/s), {faults} faults so far",
+                    stream_started.elapsed().as_secs_f64(),
+                    accepted as f64 / stream_started.elapsed().as_secs_f64()
+                );
+            }
+        })
+    };
     let streamed = load::stream(
         items.clone(),
         target,
@@ -195,6 +211,7 @@ async fn drive(
         options.seed,
     )
     .await;
+    reporter.abort();
     done.store(true, Ordering::SeqCst);
     let series = background.join().unwrap_or_default();
     let streamed = streamed?;

@@ -421,7 +421,9 @@ async fn run_worker(
         if pace.until.is_some_and(|until| Instant::now() >= until) {
             return Ok(());
         }
-        let size: i64 = rng.random_range(1..=40);
+        // Bigger requests at higher rates: four clients one request at a time each.
+        let max_batch = (pace.rate / 50).clamp(40, 250) as i64;
+        let size: i64 = rng.random_range(1..=max_batch);
         let left = progress.remaining.fetch_sub(size, Ordering::SeqCst);
         if left <= 0 {
             return Ok(());

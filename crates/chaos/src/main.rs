@@ -53,6 +53,13 @@ fn duration(text: &str) -> Result<Duration, String> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    // Ctrl-C or SIGTERM: no service instance may outlive the harness (the broker's own
+    // watchdog stops it when this process ends).
+    let _ = ctrlc::set_handler(|| {
+        tributary_chaos::stack::kill_all_children();
+        eprintln!("chaos: interrupted; every service instance killed");
+        std::process::exit(130);
+    });
     let bin_dir = args.bin_dir.unwrap_or_else(|| {
         std::env::current_exe()
             .ok()

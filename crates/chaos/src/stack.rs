@@ -1,10 +1,12 @@
 //! The suite as processes: the dev broker (SQLite) and instances of every service, each on
 //! its own ports and data directory, which the faults kill, stop, pause and add to.
 
+use std::collections::HashSet;
 use std::fs::OpenOptions;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -100,7 +102,9 @@ impl Instance {
         match self.child.as_mut().map(Child::try_wait) {
             Some(Ok(None)) => true,
             Some(_) => {
-                self.child = None;
+                if let Some(child) = self.child.take() {
+                    track(child.id(), false);
+                }
                 false
             }
             None => false,
@@ -122,6 +126,7 @@ impl Instance {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+            track(child.id(), false);
         }
         self.paused = false;
     }
@@ -137,11 +142,13 @@ impl Instance {
         let started = Instant::now();
         loop {
             if let Ok(Some(status)) = child.try_wait() {
+                track(child.id(), false);
                 return status.code();
             }
             if started.elapsed() > grace {
                 let _ = child.kill();
                 let _ = child.wait();
+                track(child.id(), false);
                 return None;
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -162,6 +169,28 @@ impl Instance {
             signal(pid, "CONT");
         }
         self.paused = false;
+    }
+}
+
+/// Every service process this harness started and has not seen exit: killed if the harness
+/// is interrupted, so no instance outlives the run.
+static CHILDREN: Mutex<Option<HashSet<u32>>> = Mutex::new(None);
+
+fn track(pid: u32, alive: bool) {
+    let mut children = CHILDREN.lock().unwrap_or_else(|e| e.into_inner());
+    let set = children.get_or_insert_with(HashSet::new);
+    if alive {
+        set.insert(pid);
+    } else {
+        set.remove(&pid);
+    }
+}
+
+/// SIGKILLs every service process still running (the harness was interrupted).
+pub fn kill_all_children() {
+    let children = CHILDREN.lock().unwrap_or_else(|e| e.into_inner());
+    for pid in children.iter().flatten() {
+        signal(*pid, "KILL");
     }
 }
 
@@ -310,7 +339,8 @@ impl Stack {
             .env("SHUTDOWN_TIMEOUT_MS", "15000")
             .env("STATSD_ADDR", &self.statsd)
             .env("LOG_FORMAT", "json")
-            .env("RUST_LOG", "info")
+            // tantivy logs every commit at info.
+            .env("RUST_LOG", "info,tantivy=warn")
             .env("ADMIN_ADDR", format!("127.0.0.1:{}", instance.admin))
             .env("DATA_DIR", &instance.data_dir)
             .stdin(Stdio::null())
@@ -335,6 +365,7 @@ impl Stack {
         let child = command
             .spawn()
             .with_context(|| format!("starting {}", instance.label()))?;
+        track(child.id(), true);
         instance.child = Some(child);
         Ok(())
     }
