@@ -235,13 +235,40 @@ async fn drive(
             }
         });
     let truth = Truth::from(&ledger);
-    // The derived views converge: poll them until they all hold or the deadline passes.
-    let deadline = Instant::now()
-        + Duration::from_secs(180).max(Duration::from_secs(ledger.accepted.len() as u64 / 2_000));
+    // The derived views converge: poll them until they all hold, or until the consumers'
+    // lag has not shrunk for SETTLE_STALL (a backlog left by a long run may take minutes to
+    // drain on a small machine; a view that never converges fails once progress stops).
+    let mut best_lag = u64::MAX;
+    let mut progressed = Instant::now();
+    // First the backlog drains (cheap to watch), then the checks run.
+    loop {
+        let lag = consumer_lag(&http, stack).await;
+        if lag == 0 || progressed.elapsed() > SETTLE_STALL {
+            break;
+        }
+        if lag < best_lag {
+            best_lag = lag;
+            progressed = Instant::now();
+        }
+        if stream_started.elapsed().as_secs() % 30 < 2 {
+            println!("chaos: draining: consumer lag {lag}");
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    let mut best_lag = u64::MAX;
+    let mut progressed = Instant::now();
     let verdicts = loop {
         let verdicts =
             converging_checks(&http, stack, brokers, &truth, &items, agent, from_ms, to_ms).await?;
-        if verdicts.iter().all(|v| v.passed) || Instant::now() > deadline {
+        if verdicts.iter().all(|v| v.passed) {
+            break verdicts;
+        }
+        let lag = consumer_lag(&http, stack).await;
+        if lag < best_lag {
+            best_lag = lag;
+            progressed = Instant::now();
+        }
+        if progressed.elapsed() > SETTLE_STALL {
             break verdicts;
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
@@ -351,6 +378,38 @@ async fn converging_checks(
     );
     verdicts.push(check::counters(agent, truth));
     Ok(verdicts)
+}
+
+/// How long the checks wait for the consumers' lag to shrink before they give up.
+const SETTLE_STALL: Duration = Duration::from_secs(180);
+
+/// The lag every running consumer instance reports on `/status`, summed.
+async fn consumer_lag(http: &reqwest::Client, stack: &Arc<Mutex<Stack>>) -> u64 {
+    let admins: Vec<String> = {
+        let mut s = stack.lock().unwrap_or_else(|e| e.into_inner());
+        let running: Vec<usize> = Service::CONSUMERS
+            .iter()
+            .flat_map(|&service| s.running(service))
+            .collect();
+        running
+            .into_iter()
+            .map(|i| s.instances[i].admin_url())
+            .collect()
+    };
+    let mut total = 0;
+    for admin in admins {
+        if let Ok(r) = http.get(format!("{admin}/status")).send().await {
+            if let Ok(status) = r.json::<Value>().await {
+                total += status["partitions"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|p| p["lag"].as_u64())
+                    .sum::<u64>();
+            }
+        }
+    }
+    total
 }
 
 fn now_ms() -> i64 {

@@ -45,6 +45,8 @@ pub const WATERMARKS: Table<BTreeMap<String, i64>> = Table::new("watermark");
 pub const SEEN: Table<u8> = Table::new("seen");
 /// The latest id time (ms) seen on a partition, in [`META`]: the de-duplication clock.
 const SEEN_CLOCK: &str = "seen.clock";
+/// The last id forgotten, in [`CURSORS`]: where the next sweep of [`SEEN`] starts.
+const SEEN_CURSOR: &str = "seen";
 /// How many expired ids each id remembered forgets at most (more than one, so the table
 /// shrinks back after the clock jumps).
 const FORGET_PER_ID: usize = 2;
@@ -621,10 +623,26 @@ impl Aggregator {
         }
         state.put(&SEEN, &key, &0)?;
         // Forget up to two expired ids for each one remembered: the table holds the
-        // horizon's ids and shrinks back after a jump of the clock, whatever the rate.
+        // horizon's ids and shrinks back after a jump of the clock, whatever the rate. The
+        // scan starts at the last id forgotten (a cursor kept with the state): from the
+        // table's start it would re-read, on every event, every deletion still pending in
+        // the batch, quadratic in the batch size.
         let below = Ulid::from_parts(u64::try_from(cutoff).unwrap_or(0), 0).to_string();
-        for (old, _) in state.range(&SEEN, "", &below, FORGET_PER_ID)? {
-            state.delete(&SEEN, &old)?;
+        let from = state.get(&CURSORS, SEEN_CURSOR)?.unwrap_or_default();
+        if from < below {
+            let expired = state.range(&SEEN, &from, &below, FORGET_PER_ID + 1)?;
+            let mut last = None;
+            for (old, _) in expired
+                .into_iter()
+                .filter(|(k, _)| *k != from)
+                .take(FORGET_PER_ID)
+            {
+                state.delete(&SEEN, &old)?;
+                last = Some(old);
+            }
+            if let Some(last) = last {
+                state.put(&CURSORS, SEEN_CURSOR, &last)?;
+            }
         }
         Ok(false)
     }
