@@ -73,8 +73,9 @@ pub(crate) struct Prefix {
 pub(crate) struct Pending {
     seq: u64,
     log: VecDeque<Applied>,
-    /// The newest pending value of each entry, with the entry that wrote it.
-    index: HashMap<Vec<u8>, (u64, Option<Vec<u8>>)>,
+    /// The newest pending value of each entry, with the entry that wrote it. Ordered, so a
+    /// range read visits only the pending keys in its range, not every pending key.
+    index: BTreeMap<Vec<u8>, (u64, Option<Vec<u8>>)>,
     /// The `topic/partition` names seen, made once.
     names: Vec<(String, i32, Arc<str>)>,
 }
@@ -172,9 +173,13 @@ impl Pending {
         low: &'s [u8],
         high: &'s [u8],
     ) -> impl Iterator<Item = (&'s Vec<u8>, &'s Option<Vec<u8>>)> + 's {
-        self.index
-            .iter()
-            .filter(move |(k, _)| k.as_slice() >= low && k.as_slice() < high)
+        use std::ops::Bound;
+        let bounds: (Bound<&[u8]>, Bound<&[u8]>) = (Bound::Included(low), Bound::Excluded(high));
+        // An empty range (low >= high) would make BTreeMap::range panic.
+        (low < high)
+            .then(|| self.index.range::<[u8], _>(bounds))
+            .into_iter()
+            .flatten()
             .map(|(k, (_, v))| (k, v))
     }
 

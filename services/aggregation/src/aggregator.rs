@@ -617,8 +617,12 @@ impl Aggregator {
             state.put(&META, SEEN_CLOCK, &clock)?;
         }
         let cutoff = clock.saturating_sub(self.settings.dedupe_ms);
-        if id_ms < cutoff {
-            // Older than the horizon: its original (if any) is forgotten; count it.
+        let from = state.get(&CURSORS, SEEN_CURSOR)?.unwrap_or_default();
+        if id_ms < cutoff || key <= from {
+            // Older than the horizon, or at or below where the sweep already went (the
+            // cutoff can step back within a second, or when the clock cap lowers it): its
+            // original (if any) is forgotten; count it, and do not store what no sweep
+            // would ever reach again.
             return Ok(false);
         }
         state.put(&SEEN, &key, &0)?;
@@ -628,7 +632,6 @@ impl Aggregator {
         // table's start it would re-read, on every event, every deletion still pending in
         // the batch, quadratic in the batch size.
         let below = Ulid::from_parts(u64::try_from(cutoff).unwrap_or(0), 0).to_string();
-        let from = state.get(&CURSORS, SEEN_CURSOR)?.unwrap_or_default();
         if from < below {
             let expired = state.range(&SEEN, &from, &below, FORGET_PER_ID + 1)?;
             let mut last = None;
