@@ -223,17 +223,8 @@ async fn drive(
         streamed as f64 / stream_secs.max(0.001)
     );
 
-    let ledger = Arc::try_unwrap(ledger)
-        .map(|m| m.into_inner().unwrap_or_else(|e| e.into_inner()))
-        .unwrap_or_else(|shared| {
-            let l = shared.lock().unwrap_or_else(|e| e.into_inner());
-            Ledger {
-                accepted: l.accepted.clone(),
-                requests: l.requests,
-                retries: l.retries,
-                refused: l.refused.clone(),
-            }
-        });
+    // The clients are done: the ledger is complete.
+    let ledger = std::mem::take(&mut *ledger.lock().unwrap_or_else(|e| e.into_inner()));
     let truth = Truth::from(&ledger);
     // The derived views converge: poll them until they all hold, or until the consumers'
     // lag has not shrunk for SETTLE_STALL (a backlog left by a long run may take minutes to
