@@ -12,6 +12,8 @@
 //! changelog records past the processed offset in their headers).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -59,8 +61,8 @@ fn is_checkpoint(key: &[u8]) -> bool {
     key == CHECKPOINT_KEY || key.starts_with(b"\0reseed:")
 }
 
-/// How a restore treats an old store.
-#[derive(Debug, Clone, Copy)]
+/// How a restore treats an old store, and when it gives up.
+#[derive(Debug, Clone, Default)]
 pub struct RestoreOptions {
     /// How long a read may make no progress before the restore fails (and is retried).
     pub stall_timeout: Duration,
@@ -68,6 +70,13 @@ pub struct RestoreOptions {
     /// discarded and restored from the beginning: the changelog may no longer hold the
     /// tombstones of deletions it missed (`delete.retention.ms`).
     pub stale_after: Duration,
+    /// Raised when nobody wants the restore's result any more (the partition was revoked
+    /// while it ran): the restore stops at its next poll with [`StateError::Abandoned`],
+    /// keeping what it read up to its last checkpoint. Without it an abandoned restore
+    /// reads on to the end holding the store's file lock, so the partition cannot be
+    /// opened again on this instance meanwhile, and under repeated rebalances a long
+    /// restore never finishes.
+    pub abandoned: Option<Arc<AtomicBool>>,
 }
 
 /// Headers of an entry record.
@@ -135,14 +144,14 @@ pub struct Restored {
 
 /// Reads `[from, high)` of one changelog partition, handing each record to `on_record`.
 /// Ends on the consumer's position, not on the last record's offset: the records at the end
-/// may have been compacted away. Fails when nothing arrives for `stall_timeout`.
+/// may have been compacted away. Fails when nothing arrives for the stall timeout, and stops when the restore is abandoned.
 fn read_range(
     consumer: &BaseConsumer,
     topic: &str,
     partition: i32,
     from: i64,
     high: i64,
-    stall_timeout: Duration,
+    options: &RestoreOptions,
     mut on_record: impl FnMut(&BorrowedMessage<'_>) -> Result<(), StateError>,
 ) -> Result<(), StateError> {
     if high <= from {
@@ -156,7 +165,12 @@ fn read_range(
         .map_err(|e| StateError::Changelog(format!("cannot assign {topic}/{partition}: {e}")))?;
     let mut position = from;
     let mut last_progress = Instant::now();
+    let stall_timeout = options.stall_timeout;
+    let abandoned = options.abandoned.as_deref();
     loop {
+        if abandoned.is_some_and(|a| a.load(Ordering::Acquire)) {
+            return Err(StateError::Abandoned);
+        }
         if let Ok(p) = consumer.position() {
             if let Some(Offset::Offset(o)) = p.find_partition(topic, partition).map(|e| e.offset())
             {
@@ -202,35 +216,27 @@ fn scan(
     low: i64,
     high: i64,
     own: Option<i64>,
-    stall_timeout: Duration,
+    options: &RestoreOptions,
 ) -> Result<Scan, StateError> {
     let mut found = Scan::default();
     if high <= low {
         return Ok(found);
     }
     let own_key = own.map(reseed_checkpoint_key);
-    read_range(
-        consumer,
-        topic,
-        partition,
-        low,
-        high,
-        stall_timeout,
-        |message| {
-            found.records += 1;
-            let key = message.key().unwrap_or_default();
-            if is_checkpoint(key) {
-                if own_key.as_deref() != Some(key) {
-                    found.foreign_checkpoints.push(message.offset());
-                }
-            } else if message.payload().is_some() {
-                found.keys.insert(key.to_vec());
-            } else {
-                found.keys.remove(key);
+    read_range(consumer, topic, partition, low, high, options, |message| {
+        found.records += 1;
+        let key = message.key().unwrap_or_default();
+        if is_checkpoint(key) {
+            if own_key.as_deref() != Some(key) {
+                found.foreign_checkpoints.push(message.offset());
             }
-            Ok(())
-        },
-    )?;
+        } else if message.payload().is_some() {
+            found.keys.insert(key.to_vec());
+        } else {
+            found.keys.remove(key);
+        }
+        Ok(())
+    })?;
     Ok(found)
 }
 
@@ -257,7 +263,6 @@ pub fn restore(
     options: RestoreOptions,
     mut progress: impl FnMut(u64, u64),
 ) -> Result<(Checkpoint, Restored), StateError> {
-    let stall_timeout = options.stall_timeout;
     let mut checkpoint = store.checkpoint()?;
     let consumer: BaseConsumer = client
         .clone()
@@ -285,7 +290,7 @@ pub fn restore(
             low,
             high,
             reseed_pending.map(|(id, _)| id),
-            stall_timeout,
+            &options,
         )?;
         let overtaken = reseed_pending.is_some_and(|(_, from)| {
             found
@@ -361,13 +366,13 @@ pub fn restore(
     // The offsets the previous checkpoint covered: a batch's entries come from inputs
     // between the previous checkpoint and its own.
     let mut previous = checkpoint.offsets.clone();
-    read_range(
+    let read = read_range(
         &consumer,
         topic,
         partition,
         from,
         high,
-        stall_timeout,
+        &options,
         |message| {
             let position = message.offset() + 1;
             restored.records += 1;
@@ -431,7 +436,29 @@ pub fn restore(
             }
             Ok(())
         },
-    )?;
+    );
+    if let Err(error) = read {
+        // Abandoned, stalled or failed part way: what was read up to the last checkpoint
+        // is a state the store may hold (the periodic commit above writes the same), so
+        // the next attempt, here or after the next rebalance, goes on from there instead
+        // of starting over.
+        if let Some(c) = ready_checkpoint {
+            match store.commit(&ready, &c) {
+                Ok(()) => tracing::info!(
+                    topic,
+                    partition,
+                    records = restored.records,
+                    kept_to = c.changelog_position,
+                    %error,
+                    "Restore stopped; keeping what it read up to its last checkpoint"
+                ),
+                Err(commit) => {
+                    tracing::warn!(topic, partition, %error, %commit, "Restore stopped, and what it read could not be kept");
+                }
+            }
+        }
+        return Err(error);
+    }
     if let Some(c) = ready_checkpoint {
         restored.applied += ready.len() as u64;
         store.commit(&ready, &c)?;

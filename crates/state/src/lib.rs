@@ -34,6 +34,10 @@ pub enum StateError {
     /// The changelog could not be read or written.
     #[error("state changelog: {0}")]
     Changelog(String),
+    /// A restore stopped because its result was no longer wanted (see
+    /// [`changelog::RestoreOptions::abandoned`]).
+    #[error("state restore abandoned: the partition is no longer assigned here")]
+    Abandoned,
 }
 
 /// The id of output `index` of `message`: the same every time the message is processed, so

@@ -323,6 +323,9 @@ struct OpenGuard<'a, S: StatefulProcessor> {
     stateful: &'a Stateful<S>,
     number: i32,
     done: bool,
+    /// Stops the restore, which runs on a blocking thread that dropping the open's future
+    /// does not stop: it would otherwise read to its end holding the store's file lock.
+    abandoned: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl<S: StatefulProcessor> Drop for OpenGuard<'_, S> {
@@ -330,6 +333,8 @@ impl<S: StatefulProcessor> Drop for OpenGuard<'_, S> {
         if self.done {
             return;
         }
+        self.abandoned
+            .store(true, std::sync::atomic::Ordering::Release);
         let mut tasks = lock(&self.stateful.tasks);
         // The map's reference and the hook's own: nobody else is opening it.
         let unused = tasks.get(&self.number).is_some_and(|slot| {
@@ -420,9 +425,11 @@ impl<S: StatefulProcessor> Stateful<S> {
         );
         let started = Instant::now();
         let progress_blocker = blocker.clone();
+        let abandoned = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let options = changelog::RestoreOptions {
             stall_timeout: RESTORE_STALL,
             stale_after: context.stale_after,
+            abandoned: Some(abandoned.clone()),
         };
         let done_blocker = blocker.clone();
         let done_health = context.health.clone();
@@ -432,6 +439,7 @@ impl<S: StatefulProcessor> Stateful<S> {
             stateful: self,
             number,
             done: false,
+            abandoned,
         };
         let result = tokio::task::spawn_blocking(move || {
             let store = Store::open(&path)?;
