@@ -21,7 +21,8 @@ struct Args {
     /// descriptors of every service are watched.
     #[arg(long, value_parser = duration)]
     soak: Option<Duration>,
-    /// Events per second (default: about 90 s of stream for a chaos run, 200/s for a soak).
+    /// Events per second (default: about 90 s of stream for a chaos run, at most 350/s,
+    /// which the stack sustains under faults on two cores; 200/s for a soak).
     #[arg(long, default_value_t = 0)]
     rate: u64,
     /// Directory of the service binaries and `trib` (default: this binary's).
