@@ -22,7 +22,7 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 
 use crate::StateError;
-use crate::store::{Checkpoint, Store};
+use crate::store::{Checkpoint, Store, now_ms};
 
 use tributary_runtime::rdkafka;
 
@@ -245,9 +245,7 @@ fn is_stale(store: &Store, stale_after: Duration) -> Result<bool, StateError> {
     let Some(at) = store.committed_at()? else {
         return Ok(false);
     };
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    let now = now_ms();
     let stale_ms = i64::try_from(stale_after.as_millis()).unwrap_or(i64::MAX);
     Ok(now.saturating_sub(at) > stale_ms)
 }
@@ -263,6 +261,15 @@ pub fn restore(
     options: RestoreOptions,
     mut progress: impl FnMut(u64, u64),
 ) -> Result<(Checkpoint, Restored), StateError> {
+    let is_abandoned = || {
+        options
+            .abandoned
+            .as_deref()
+            .is_some_and(|a| a.load(Ordering::Acquire))
+    };
+    // Every record past the changelog's end as read now is written after this: what a
+    // restore that reaches that end records as its commit time.
+    let started_ms = now_ms();
     let mut checkpoint = store.checkpoint()?;
     let consumer: BaseConsumer = client
         .clone()
@@ -273,6 +280,10 @@ pub fn restore(
     let (low, high) = consumer
         .fetch_watermarks(topic, partition, Duration::from_secs(10))
         .map_err(|e| StateError::Changelog(format!("cannot read {topic}/{partition}: {e}")))?;
+    // The watermarks can take seconds on a busy broker: the partition may have gone since.
+    if is_abandoned() {
+        return Err(StateError::Abandoned);
+    }
     let mut restored = Restored {
         changelog_end: high,
         ..Restored::default()
@@ -363,6 +374,14 @@ pub fn restore(
     // ... and entries up to the last checkpoint, not yet written to the store.
     let mut ready: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();
     let mut ready_checkpoint: Option<Checkpoint> = None;
+    // When the last checkpoint read was written: every record after it was written later,
+    // so a commit part way records this as its time, never the restore's (the records
+    // after its position may be old enough to have lost their tombstones). 0 when the
+    // broker gives no time: the store then counts as stale next time, and is restored
+    // afresh.
+    let mut ready_written_ms = 0;
+    // The position the store holds: a commit part way that would add nothing is skipped.
+    let mut stored_position = checkpoint.changelog_position;
     // The offsets the previous checkpoint covered: a batch's entries come from inputs
     // between the previous checkpoint and its own.
     let mut previous = checkpoint.offsets.clone();
@@ -411,10 +430,12 @@ pub fn restore(
                     offsets: record.offsets,
                     changelog_position: position,
                 });
+                ready_written_ms = message.timestamp().to_millis().unwrap_or(0);
                 if ready.len() >= 10_000 {
                     restored.applied += ready.len() as u64;
                     if let Some(c) = &ready_checkpoint {
-                        store.commit(&ready, c)?;
+                        store.commit_as_of(&ready, c, ready_written_ms)?;
+                        stored_position = c.changelog_position;
                         checkpoint = c.clone();
                     }
                     ready.clear();
@@ -442,8 +463,8 @@ pub fn restore(
         // is a state the store may hold (the periodic commit above writes the same), so
         // the next attempt, here or after the next rebalance, goes on from there instead
         // of starting over.
-        if let Some(c) = ready_checkpoint {
-            match store.commit(&ready, &c) {
+        if let Some(c) = ready_checkpoint.filter(|c| c.changelog_position > stored_position) {
+            match store.commit_as_of(&ready, &c, ready_written_ms) {
                 Ok(()) => tracing::info!(
                     topic,
                     partition,
@@ -461,7 +482,7 @@ pub fn restore(
     }
     if let Some(c) = ready_checkpoint {
         restored.applied += ready.len() as u64;
-        store.commit(&ready, &c)?;
+        store.commit_as_of(&ready, &c, started_ms)?;
         checkpoint = c;
     }
     restored.dropped += staged.len() as u64;

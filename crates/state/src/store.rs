@@ -71,7 +71,7 @@ pub struct Store {
     path: PathBuf,
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
@@ -211,6 +211,22 @@ impl Store {
         changes: &BTreeMap<Vec<u8>, Option<Vec<u8>>>,
         checkpoint: &Checkpoint,
     ) -> Result<(), StateError> {
+        self.commit_as_of(changes, checkpoint, now_ms())
+    }
+
+    /// [`Store::commit`], recording `committed_at` (wall-clock ms) as the time after which
+    /// every changelog record past the checkpoint's position was written. A processing
+    /// commit writes the changelog's newest records itself, so that is now; a restore
+    /// commits records other owners wrote earlier, and passes when the last one it
+    /// applies was written. The stale check (`changelog::restore`) relies on it: a store
+    /// whose records after its position may have lost their tombstones must not look
+    /// fresh.
+    pub fn commit_as_of(
+        &self,
+        changes: &BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+        checkpoint: &Checkpoint,
+        committed_at: i64,
+    ) -> Result<(), StateError> {
         let txn = self.db.begin_write().map_err(storage)?;
         {
             let mut entries = txn.open_table(ENTRIES).map_err(storage)?;
@@ -233,7 +249,7 @@ impl Store {
             }
             meta.insert(CHANGELOG_POSITION, checkpoint.changelog_position)
                 .map_err(storage)?;
-            meta.insert(COMMITTED_AT, now_ms()).map_err(storage)?;
+            meta.insert(COMMITTED_AT, committed_at).map_err(storage)?;
             // A commit follows a changelog write that ended in a checkpoint: whatever
             // re-seed was pending, the changelog is consistent with the store again.
             meta.remove(RESEED).map_err(storage)?;

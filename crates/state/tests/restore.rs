@@ -55,6 +55,13 @@ fn client(broker: &TestBroker) -> tributary_runtime::rdkafka::ClientConfig {
     client
 }
 
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
 fn options(abandoned: Option<Arc<AtomicBool>>) -> RestoreOptions {
     RestoreOptions {
         stall_timeout: Duration::from_secs(30),
@@ -73,12 +80,15 @@ async fn an_abandoned_restore_stops_and_keeps_what_it_read_to_its_last_checkpoin
         .produce_raw(&topic, &changelog_records(30, 2000, "in/0"))
         .await
         .unwrap();
+    // Every record was written before this.
+    let produced_by = now_ms();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("p0.redb");
     let client = client(broker);
 
     // Abandoned when the first 1,000 records are read (progress is reported every
-    // 1,000): the last checkpoint read by then is batch 9's, at offset 9 * 101 - 1.
+    // 1,000): the last checkpoint read by then is the ninth (batch 8's),
+    // at offset 9 * 101 - 1.
     let abandoned = Arc::new(AtomicBool::new(false));
     let first = {
         let store = Store::open(&path).unwrap();
@@ -120,6 +130,14 @@ async fn an_abandoned_restore_stops_and_keeps_what_it_read_to_its_last_checkpoin
         900,
         "batches 0-8 applied, nothing after"
     );
+    // The records after the kept position are as old as the checkpoint before them, not
+    // as new as the restore: a store kept part way must not look fresher than they are,
+    // or a resume after their tombstones expired would bring deleted keys back.
+    let kept_at = store.committed_at().unwrap().unwrap();
+    assert!(
+        kept_at <= produced_by,
+        "a commit part way records when its checkpoint was written ({kept_at}), not the restore's time (after {produced_by})"
+    );
 
     // The next restore goes on from there, and ends where a whole restore ends.
     let (checkpoint, restored) = tokio::task::spawn_blocking({
@@ -140,6 +158,10 @@ async fn an_abandoned_restore_stops_and_keeps_what_it_read_to_its_last_checkpoin
     assert_eq!(checkpoint.changelog_position, 30 * 101);
     assert_eq!(checkpoint.offsets.get("in/0"), Some(&30));
     let store = Store::open(&path).unwrap();
+    assert!(
+        store.committed_at().unwrap().unwrap() >= produced_by,
+        "a restore that reaches the end records when it began"
+    );
     assert_eq!(store.len().unwrap(), 2000);
     assert_eq!(
         store.get("t", "k000999").unwrap().as_deref(),
@@ -162,7 +184,7 @@ impl StatefulProcessor for Idle {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_partition_revoked_while_restoring_releases_its_store_at_once() {
+async fn a_partition_revoked_while_restoring_stops_its_restore_and_keeps_its_progress() {
     let broker = TestBroker::shared();
     let input = broker.create_topic("restore-revoke-in", 1).await.unwrap();
     let group = tributary_testkit::unique_name("restore-revoke");
@@ -217,7 +239,7 @@ async fn a_partition_revoked_while_restoring_releases_its_store_at_once() {
     opening.abort();
     assert!(opening.await.unwrap_err().is_cancelled());
 
-    // The store opens again once the abandoned restore has stopped; had it read on to
+    // The store opens again once the abandoned restore has stopped. Had it read on to
     // the end (as it did), the store would hold the whole changelog by then.
     let path = data.path().join(&group).join("kv").join("p0.redb");
     let deadline = Instant::now() + Duration::from_secs(60);
