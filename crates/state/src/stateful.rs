@@ -803,13 +803,23 @@ impl<S: StatefulProcessor> Processor for Stateful<S> {
     }
 
     async fn on_assigned(&self, partition: &PartitionId) -> Result<StartFrom, ProcessError> {
-        let slot = lock(&self.tasks)
-            .entry(partition.partition)
-            .or_default()
-            .clone();
-        // A fenced slot is never reused: `on_revoked`, or the open's guard when the
-        // ownership went before the task opened, removes it, and the next ownership gets a
-        // fresh slot with a fresh fence.
+        let slot = {
+            let mut tasks = lock(&self.tasks);
+            let slot = tasks.entry(partition.partition).or_default();
+            // A fenced slot is never reused: the next ownership gets a fresh slot with a
+            // fresh fence. `on_revoked` removes a slot, and so does the open's guard when
+            // the ownership went before the task opened, but only when nobody else waits on
+            // the slot: with co-partitioned inputs, the hooks of the other inputs may
+            // still hold it when the guard runs, and the fenced slot stays behind. (A
+            // chaos run found it: the next ownership's task opened fenced and refused
+            // every commit, "handed over".) Only a revocation fences, and the runtime
+            // starts no assignment before the revocation's hooks have ended, so a fenced
+            // slot here is always a past ownership's.
+            if slot.fenced.load(std::sync::atomic::Ordering::Acquire) {
+                *slot = Arc::default();
+            }
+            slot.clone()
+        };
         let fenced = slot.fenced.clone();
         let task = slot
             .task

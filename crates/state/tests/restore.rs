@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use tributary_runtime::rdkafka::producer::FutureProducer;
 use tributary_runtime::{
     Health, Incoming, Output, PartitionId, ProcessError, Processor, RuntimeConfig, ServiceContext,
+    StartFrom,
 };
 use tributary_state::changelog::{self, CHECKPOINT_KEY, CheckpointRecord, RestoreOptions};
 use tributary_state::{State, StateError, Stateful, StatefulProcessor, Store};
@@ -183,10 +184,14 @@ impl StatefulProcessor for Idle {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_partition_revoked_while_restoring_stops_its_restore_and_keeps_its_progress() {
-    let broker = TestBroker::shared();
-    let input = broker.create_topic("restore-revoke-in", 1).await.unwrap();
+/// A started store over `inputs` (one partition each) with a changelog long enough that
+/// its restore is far from done when a partition goes: 2,000 batches (202,000 records)
+/// over 5,000 keys, checkpointing the first input. Returns the store, its context, its
+/// data directory and the changelog's end.
+async fn started_store(
+    broker: &TestBroker,
+    inputs: &[String],
+) -> (Arc<Stateful<Idle>>, ServiceContext, tempfile::TempDir, i64) {
     let group = tributary_testkit::unique_name("restore-revoke");
     let data = tempfile::tempdir().unwrap();
     let mut config = RuntimeConfig::defaults();
@@ -198,26 +203,25 @@ async fn a_partition_revoked_while_restoring_stops_its_restore_and_keeps_its_pro
     let context = ServiceContext {
         service: "restore-test".into(),
         group: group.clone(),
-        inputs: vec![input.clone()],
+        inputs: inputs.to_vec(),
         config,
         health: Health::new("restore-test", Some(&group)),
         producer,
     };
     let stateful = Arc::new(Stateful::new("kv", Idle));
     stateful.on_start(&context).await.unwrap();
-    // A changelog long enough that its restore is far from done when the partition goes:
-    // 2,000 batches (202,000 records) over 5,000 keys.
     let changelog = format!("{group}.kv.changelog");
-    let records = changelog_records(2000, 5000, &format!("{input}/0"));
+    let records = changelog_records(2000, 5000, &format!("{}/0", inputs[0]));
     let high = records.len() as i64;
     broker.produce_raw(&changelog, &records).await.unwrap();
+    (stateful, context, data, high)
+}
 
-    let partition = PartitionId::new(input.as_str(), 0);
-    let opening = tokio::spawn({
-        let stateful = stateful.clone();
-        let partition = partition.clone();
-        async move { stateful.on_assigned(&partition).await }
-    });
+/// Waits until the store reports a restore reading its changelog.
+async fn restore_under_way(
+    context: &ServiceContext,
+    opening: &tokio::task::JoinHandle<Result<StartFrom, ProcessError>>,
+) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while !context
         .health
@@ -235,6 +239,22 @@ async fn a_partition_revoked_while_restoring_stops_its_restore_and_keeps_its_pro
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_revoked_while_restoring_stops_its_restore_and_keeps_its_progress() {
+    let broker = TestBroker::shared();
+    let input = broker.create_topic("restore-revoke-in", 1).await.unwrap();
+    let (stateful, context, data, high) = started_store(broker, std::slice::from_ref(&input)).await;
+    let group = context.group.clone();
+
+    let partition = PartitionId::new(input.as_str(), 0);
+    let opening = tokio::spawn({
+        let stateful = stateful.clone();
+        let partition = partition.clone();
+        async move { stateful.on_assigned(&partition).await }
+    });
+    restore_under_way(&context, &opening).await;
     // The revocation: the runtime drops the assignment hook's future.
     opening.abort();
     assert!(opening.await.unwrap_err().is_cancelled());
@@ -266,7 +286,7 @@ async fn a_partition_revoked_while_restoring_stops_its_restore_and_keeps_its_pro
     // Assigned again here: the open goes on from what was kept and completes.
     let start = stateful.on_assigned(&partition).await.unwrap();
     assert!(
-        matches!(start, tributary_runtime::StartFrom::Offset(2000)),
+        matches!(start, StartFrom::Offset(2000)),
         "resumes after the last checkpoint's input offset: {start:?}"
     );
     let status = context.health.status();
@@ -277,5 +297,58 @@ async fn a_partition_revoked_while_restoring_stops_its_restore_and_keeps_its_pro
         state["restored_records"].as_i64(),
         Some(high - kept),
         "read only what the first attempt had not kept: {status:#}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn co_partitioned_inputs_revoked_while_restoring_are_not_fenced_when_assigned_again() {
+    let broker = TestBroker::shared();
+    let mut inputs = Vec::new();
+    for name in ["restore-copart-a", "restore-copart-b", "restore-copart-c"] {
+        inputs.push(broker.create_topic(name, 1).await.unwrap());
+    }
+    let (stateful, context, data, _high) = started_store(broker, &inputs).await;
+    let ids: Vec<PartitionId> = inputs
+        .iter()
+        .map(|t| PartitionId::new(t.as_str(), 0))
+        .collect();
+    let assign = |id: &PartitionId| {
+        let stateful = stateful.clone();
+        let id = id.clone();
+        async move { stateful.on_assigned(&id).await }
+    };
+
+    // The first input's hook opens partition 0's store; the other inputs' hooks wait on
+    // that open, holding the same slot.
+    let first = tokio::spawn(assign(&ids[0]));
+    restore_under_way(&context, &first).await;
+    let mut waiting = vec![Box::pin(assign(&ids[1])), Box::pin(assign(&ids[2]))];
+    for hook in &mut waiting {
+        assert!(futures_util::poll!(hook.as_mut()).is_pending());
+    }
+    // The revocation, as the runtime does it: every hook cancelled (the opening one
+    // first, while the others still hold the slot), then the partition fenced.
+    first.abort();
+    assert!(first.await.unwrap_err().is_cancelled());
+    drop(waiting);
+    stateful.fence(&ids[0]);
+
+    // The abandoned restore has let go of the store (a failed open in between would
+    // clear the stale slot and hide what this test is about).
+    let path = data.path().join(&context.group).join("kv").join("p0.redb");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while let Err(e) = Store::open(&path) {
+        assert!(Instant::now() < deadline, "the store stayed locked: {e}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    // The next ownership of the same partition, on this instance.
+    for id in &ids {
+        stateful.on_assigned(id).await.unwrap();
+    }
+    assert_eq!(
+        stateful.reader().owned(),
+        vec![0],
+        "the new ownership's task is not fenced (a fenced one refuses every commit)"
     );
 }
