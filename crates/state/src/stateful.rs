@@ -326,6 +326,9 @@ struct OpenGuard<'a, S: StatefulProcessor> {
     /// Stops the restore, which runs on a blocking thread that dropping the open's future
     /// does not stop: it would otherwise read to its end holding the store's file lock.
     abandoned: Arc<std::sync::atomic::AtomicBool>,
+    /// The slot this open fills: only that one may be taken back, never a later
+    /// ownership's slot of the same partition number (should this guard drop late).
+    slot: std::sync::Weak<Slot>,
 }
 
 impl<S: StatefulProcessor> Drop for OpenGuard<'_, S> {
@@ -336,9 +339,10 @@ impl<S: StatefulProcessor> Drop for OpenGuard<'_, S> {
         self.abandoned
             .store(true, std::sync::atomic::Ordering::Release);
         let mut tasks = lock(&self.stateful.tasks);
-        // The map's reference and the hook's own: nobody else is opening it.
+        // This open's slot, held only by the map and the hook: nobody else is opening it.
         let unused = tasks.get(&self.number).is_some_and(|slot| {
-            slot.task.get().is_none()
+            std::ptr::eq(Arc::as_ptr(slot), self.slot.as_ptr())
+                && slot.task.get().is_none()
                 && lock(&slot.members).is_empty()
                 && Arc::strong_count(slot) <= 2
         });
@@ -407,11 +411,8 @@ impl<S: StatefulProcessor> Stateful<S> {
     }
 
     /// Opens partition `number`'s store and restores it from the changelog.
-    async fn open(
-        &self,
-        number: i32,
-        fenced: Arc<std::sync::atomic::AtomicBool>,
-    ) -> Result<Arc<Task>, ProcessError> {
+    async fn open(&self, number: i32, slot: &Arc<Slot>) -> Result<Arc<Task>, ProcessError> {
+        let fenced = slot.fenced.clone();
         let context = self.context()?;
         let path = context.dir.join(format!("p{number}.redb"));
         let client = context.client.clone();
@@ -440,6 +441,7 @@ impl<S: StatefulProcessor> Stateful<S> {
             number,
             done: false,
             abandoned,
+            slot: Arc::downgrade(slot),
         };
         let result = tokio::task::spawn_blocking(move || {
             let store = Store::open(&path)?;
@@ -812,18 +814,18 @@ impl<S: StatefulProcessor> Processor for Stateful<S> {
             // the slot: with co-partitioned inputs, the hooks of the other inputs may
             // still hold it when the guard runs, and the fenced slot stays behind. (A
             // chaos run found it: the next ownership's task opened fenced and refused
-            // every commit, "handed over".) Only a revocation fences, and the runtime
-            // starts no assignment before the revocation's hooks have ended, so a fenced
-            // slot here is always a past ownership's.
+            // every commit, "handed over".) Only a revocation or a lost assignment
+            // fences; the runtime starts no assignment before the revocation's hooks have
+            // ended, and a hook of an ownership already fenced does not call this, so a
+            // fenced slot here is always a past ownership's.
             if slot.fenced.load(std::sync::atomic::Ordering::Acquire) {
                 *slot = Arc::default();
             }
             slot.clone()
         };
-        let fenced = slot.fenced.clone();
         let task = slot
             .task
-            .get_or_try_init(|| self.open(partition.partition, fenced))
+            .get_or_try_init(|| self.open(partition.partition, &slot))
             .await?
             .clone();
         lock(&slot.members).insert(partition.clone());

@@ -636,6 +636,12 @@ async fn assigned_hook<P: Processor>(shared: Arc<Shared<P>>, part: Arc<Partition
     let mut attempt = 0;
     let start = loop {
         attempt += 1;
+        // A lost assignment fences the partition before it stops the hooks: a hook that
+        // starts or retries in between must not prepare an ownership that is already over
+        // (a stateful processor would open a fresh, unfenced store for it).
+        if part.abandon().is_cancelled() {
+            return;
+        }
         // A revocation or a lost assignment cancels a hook still running (a long restore):
         // the partition is not ours to prepare any more, and the rebalance must not wait
         // for it. Its `on_revoked` never runs, since it never became ready.
