@@ -1,6 +1,6 @@
 //! The checks after quiescence, each against a reference computed from what ingest accepted:
-//! the truth topics, the enriched topic, every search index, every aggregate window, the
-//! metrics-emitter's counters and the dead-letter topics.
+//! the truth topics, the enriched topic, every search index, every aggregate window (served
+//! and on the topic), the metrics-emitter's counters and the dead-letter topics.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
@@ -543,6 +543,208 @@ pub async fn aggregates(
         format!("MISMATCH {}", show(&misses))
     };
     Verdict::new(name, passed, detail)
+}
+
+/// The aggregates topic as a reader sees it: the latest value of every record key, read on
+/// from where the previous call stopped (the checks poll until they hold, and a long run's
+/// topic holds millions of records).
+pub struct AggregatesTail {
+    consumer: BaseConsumer,
+    topic: String,
+    /// Per partition, the next offset to read.
+    next: HashMap<i32, i64>,
+    latest: LatestRows,
+    /// Records read so far.
+    pub read: u64,
+}
+
+impl std::fmt::Debug for AggregatesTail {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AggregatesTail")
+            .field("topic", &self.topic)
+            .field("next", &self.next)
+            .field("read", &self.read)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the records read so far say.
+#[derive(Debug, Default)]
+struct LatestRows {
+    /// Record key → the window its latest value is of, and the counts of that row.
+    rows: HashMap<String, (WindowKey, Counts)>,
+    /// Records that are not window aggregates, at most a few kept.
+    strays: Vec<String>,
+}
+
+/// (dim, id, window, start ms), as in the reference.
+type WindowKey = (String, String, String, i64);
+
+impl AggregatesTail {
+    /// A reader of `topic` that has read nothing yet.
+    pub fn new(brokers: &str, topic: &str) -> anyhow::Result<AggregatesTail> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set("group.id", "chaos-aggregates-reader")
+            .set("enable.auto.commit", "false")
+            .set("fetch.wait.max.ms", tributary_testkit::FETCH_WAIT_MAX_MS)
+            .set("log_level", "0")
+            .create()?;
+        Ok(AggregatesTail {
+            consumer,
+            topic: topic.to_owned(),
+            next: HashMap::new(),
+            latest: LatestRows::default(),
+            read: 0,
+        })
+    }
+
+    /// Reads on to the high watermark each partition has now.
+    pub fn catch_up(&mut self) -> anyhow::Result<()> {
+        let topic = self.topic.clone();
+        let metadata = self
+            .consumer
+            .fetch_metadata(Some(&topic), Duration::from_secs(10))?;
+        let partitions: Vec<i32> = metadata
+            .topics()
+            .iter()
+            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+            .collect();
+        let mut ends = HashMap::new();
+        let mut tpl = TopicPartitionList::new();
+        for p in partitions {
+            let (low, high) = self
+                .consumer
+                .fetch_watermarks(&topic, p, Duration::from_secs(10))?;
+            // Below the low watermark only when the broker dropped records meanwhile.
+            let from = self.next.get(&p).copied().unwrap_or(low).max(low);
+            if high > from {
+                ends.insert(p, high);
+                tpl.add_partition_offset(&topic, p, Offset::Offset(from))?;
+            }
+        }
+        if ends.is_empty() {
+            return Ok(());
+        }
+        self.consumer.assign(&tpl)?;
+        let mut last_progress = std::time::Instant::now();
+        while !ends.is_empty() {
+            if let Some(Ok(m)) = self.consumer.poll(Duration::from_millis(200)) {
+                last_progress = std::time::Instant::now();
+                let p = m.partition();
+                let Some(&end) = ends.get(&p) else { continue };
+                if m.offset() < end {
+                    self.read += 1;
+                    self.next.insert(p, m.offset() + 1);
+                    let key = m.key().map(|k| String::from_utf8_lossy(k).into_owned());
+                    self.latest.record(key, m.payload());
+                }
+                if m.offset() + 1 >= end {
+                    ends.remove(&p);
+                }
+            }
+            if last_progress.elapsed() > Duration::from_secs(60) {
+                anyhow::bail!("reading {topic}: no progress for 60 s, {ends:?} not reached");
+            }
+        }
+        Ok(())
+    }
+}
+
+impl LatestRows {
+    fn record(&mut self, key: Option<String>, payload: Option<&[u8]>) {
+        let Some(key) = key else {
+            self.stray("a record without a key".into());
+            return;
+        };
+        let Some(payload) = payload else {
+            // Aggregation never deletes a window by key.
+            self.stray(format!("{key}: a tombstone"));
+            self.rows.remove(&key);
+            return;
+        };
+        match Envelope::decode(payload).map(|e| e.event) {
+            Ok(Event::WindowAggregated(w)) => {
+                let window = (
+                    w.dim.as_str().to_owned(),
+                    w.id.clone(),
+                    w.window.as_str().to_owned(),
+                    w.start.timestamp_millis(),
+                );
+                let counts = Counts {
+                    views: w.views,
+                    carts: w.carts,
+                    orders: w.orders,
+                    units: w.units,
+                    revenue: w.revenue_minor,
+                };
+                self.rows.insert(key, (window, counts));
+            }
+            Ok(other) => self.stray(format!("{key}: {}", other.event_type())),
+            Err(e) => self.stray(format!("{key}: {e}")),
+        }
+    }
+
+    fn stray(&mut self, what: String) {
+        if self.strays.len() < 5 {
+            self.strays.push(what);
+        }
+    }
+}
+
+/// The aggregates topic, read as a consumer of it would: the latest value of every window
+/// (its rows summed over currencies) equals the reference, and it holds no other window.
+/// What the API serves comes from the stores; this is what the flushes, the closes and the
+/// re-publication after a crash or a rebalance put on the topic.
+pub fn aggregates_topic(tail: &mut AggregatesTail, truth: &Truth) -> anyhow::Result<Verdict> {
+    let name = "aggregates topic: every window's latest value equals the reference";
+    tail.catch_up()?;
+    let mut actual: BTreeMap<&WindowKey, Counts> = BTreeMap::new();
+    for (window, c) in tail.latest.rows.values() {
+        let sum = actual.entry(window).or_default();
+        sum.views += c.views;
+        sum.carts += c.carts;
+        sum.orders += c.orders;
+        sum.units += c.units;
+        sum.revenue += c.revenue;
+    }
+    let mut misses: Vec<String> = Vec::new();
+    let mut matched = 0;
+    for ((dim, id, window, start), want) in &truth.windows {
+        let key = ((*dim).to_owned(), id.clone(), (*window).to_owned(), *start);
+        match actual.remove(&key) {
+            Some(got) if got == *want => matched += 1,
+            got => misses.push(format!(
+                "{dim} {id} {window} {}: want {want:?} got {got:?}",
+                rfc3339(*start)
+            )),
+        }
+    }
+    misses.extend(
+        actual
+            .iter()
+            .map(|((dim, id, window, start), c)| {
+                format!("{dim} {id} {window} {}: unexpected {c:?}", rfc3339(*start))
+            })
+            .take(5),
+    );
+    misses.extend(
+        tail.latest
+            .strays
+            .iter()
+            .map(|s| format!("not a window value: {s}")),
+    );
+    let passed = misses.is_empty();
+    let detail = if passed {
+        format!(
+            "{matched} windows equal, from {} records ({} keys)",
+            tail.read,
+            tail.latest.rows.len()
+        )
+    } else {
+        format!("MISMATCH {}", show(&misses))
+    };
+    Ok(Verdict::new(name, passed, detail))
 }
 
 /// Asks the first instance that answers; follows a `421 not_owned` to the owner.

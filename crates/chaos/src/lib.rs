@@ -253,9 +253,11 @@ async fn drive(
     }
     let mut best_lag = u64::MAX;
     let mut progressed = Instant::now();
+    let mut tail = check::AggregatesTail::new(brokers, topics::AGGREGATES)?;
     let verdicts = loop {
-        let verdicts =
+        let mut verdicts =
             converging_checks(&http, stack, brokers, &truth, &items, agent, from_ms, to_ms).await?;
+        verdicts.push(check::aggregates_topic(&mut tail, &truth)?);
         if verdicts.iter().all(|v| v.passed) {
             break verdicts;
         }

@@ -65,6 +65,12 @@ pub trait StatefulProcessor: Send + Sync + 'static {
     fn flush_every(&self) -> Option<std::time::Duration> {
         None
     }
+
+    /// Called when `partition`'s state has been opened (restored) on this instance, before
+    /// any message or flush of the new ownership: whatever memory holds about the
+    /// partition from an earlier ownership on this instance is not current any more (its
+    /// last outputs may never have been delivered).
+    fn opened(&self, _partition: i32) {}
 }
 
 /// Runs a [`StatefulProcessor`] with one store per partition number (its inputs are
@@ -517,6 +523,8 @@ impl<S: StatefulProcessor> Stateful<S> {
         );
         gauge!(names::ENTRIES, "store" => self.store.clone(), "partition" => number.to_string())
             .set(entries as f64);
+        // Before the task is in its slot: nothing processes or flushes it yet.
+        self.inner.opened(number);
         guard.done = true;
         Ok(task)
     }

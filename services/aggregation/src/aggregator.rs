@@ -47,6 +47,13 @@ pub const SEEN: Table<u8> = Table::new("seen");
 const SEEN_CLOCK: &str = "seen.clock";
 /// The last id forgotten, in [`CURSORS`]: where the next sweep of [`SEEN`] starts.
 const SEEN_CURSOR: &str = "seen";
+/// A partition's publication epoch, in [`META`]: every window changed is stamped with it
+/// ([`WindowState::epoch`]). It moves on once a flush published every window stamped
+/// with it, by a write in the next message's batch; that batch commits only after the
+/// flush's records were acknowledged (they were queued before its outputs). So a window
+/// stamped below the stored epoch is on the topic with its latest value, and a partition
+/// opened again re-publishes only the open windows stamped at or above it.
+pub const EPOCH: &str = "publish.epoch";
 /// How many expired ids each id remembered forgets at most (more than one, so the table
 /// shrinks back after the clock jumps).
 const FORGET_PER_ID: usize = 2;
@@ -77,6 +84,9 @@ pub mod names {
     pub const HELD: &str = "aggregation.held";
     /// Counter, tags `dim`, `final`: window values published.
     pub const PUBLISHED: &str = "aggregation.published";
+    /// Counter: open windows published again after their partition was opened here,
+    /// because no flush is known to have published their latest value.
+    pub const REPUBLISHED: &str = "aggregation.republished";
 }
 
 /// An activity event waiting for its product's brand.
@@ -128,8 +138,9 @@ pub struct Aggregator {
 }
 
 /// What a partition's next flush publishes. Kept in memory: a partition opened on this
-/// instance (after a restart or a rebalance) starts by re-publishing every open window,
-/// so that a value changed but not flushed before a crash still reaches the topic.
+/// instance (after a restart or a rebalance) starts by re-publishing the open windows
+/// changed since the last flush known to have reached the topic (see [`EPOCH`]), so that
+/// a value changed but not flushed before a crash still reaches the topic.
 #[derive(Debug, Default)]
 struct Dirty {
     /// Windows changed since their last flush, by state key.
@@ -137,6 +148,12 @@ struct Dirty {
     /// Open windows still to re-publish since the partition was opened: per dimension and
     /// size, the key the scan goes on from (`None`: from the close cursor).
     rescan: Vec<(Dimension, WindowSize, Option<String>)>,
+    /// The scan re-publishes the windows stamped with this epoch or a later one: the
+    /// partition's epoch when this ownership first flushed it.
+    rescan_epoch: u64,
+    /// Every window stamped with this epoch or an earlier one was published by a flush of
+    /// this ownership (`None`: none was complete yet).
+    flushed_epoch: Option<u64>,
     /// When the partition was last flushed (flushes are at least the interim period apart).
     flushed: Option<Instant>,
 }
@@ -155,6 +172,25 @@ impl Aggregator {
         }
     }
 
+    /// The epoch to stamp the windows this message changes with (see [`EPOCH`]): the
+    /// stored one, moved on first when a flush of this ownership published every window
+    /// stamped with it. The move is a state write, so it commits with this message.
+    fn epoch(&self, partition: i32, state: &mut State<'_>) -> Result<u64, ProcessError> {
+        let stored = Self::meta(state, EPOCH)?
+            .and_then(|e| u64::try_from(e).ok())
+            .unwrap_or(0);
+        let flushed = {
+            let dirty = self.dirty.lock().unwrap_or_else(|e| e.into_inner());
+            dirty.get(&partition).and_then(|d| d.flushed_epoch)
+        };
+        if flushed.is_some_and(|f| f >= stored) {
+            let next = stored + 1;
+            state.put(&META, EPOCH, &i64::try_from(next).unwrap_or(i64::MAX))?;
+            return Ok(next);
+        }
+        Ok(stored)
+    }
+
     /// Remembers that `keys` changed on `partition`: the next flush publishes them.
     fn mark_dirty(&self, partition: i32, keys: Vec<String>) {
         if keys.is_empty() {
@@ -165,18 +201,28 @@ impl Aggregator {
     }
 
     /// The latest value of every window of `partition` changed since its last flush (and,
-    /// after the partition was opened here, of every open window), unless the last flush
-    /// was less than the interim period ago. Windows already closed are left out: their
-    /// final value went out when they closed. The dirty set is locked only to take the
-    /// work and to give back what could not be read: other partitions' messages mark
-    /// their windows meanwhile.
+    /// after the partition was opened here, of every open window no earlier flush is
+    /// known to have published), unless the last flush was less than the interim period
+    /// ago. Windows already closed are left out: their final value went out when they
+    /// closed. The dirty set is locked only to take the work and to give back what could
+    /// not be read: other partitions' messages mark their windows meanwhile.
     fn flush_windows(&self, partition: i32, state: &State<'_>, first: bool) -> Vec<Output> {
         let interim = Duration::from_millis(u64::try_from(self.settings.interim_ms).unwrap_or(0));
-        let (keys, mut rescan) = {
+        // Read before the work is taken: the partition's messages wait while it flushes,
+        // so no window changes between this read and the end of the flush.
+        let epoch =
+            Self::meta(state, EPOCH).map(|e| e.and_then(|e| u64::try_from(e).ok()).unwrap_or(0));
+        let (keys, mut rescan, rescan_epoch) = {
             let mut dirty = self.dirty.lock().unwrap_or_else(|e| e.into_inner());
             let entry = dirty.entry(partition).or_default();
             if first {
-                *entry = Dirty::default();
+                // The windows changed since the partition opened here are kept: they are
+                // stamped at or above the epoch (nothing moved it since the opening).
+                entry.flushed = None;
+                entry.flushed_epoch = None;
+                entry.rescan.clear();
+                // Unreadable: every open window is re-published, as before epochs.
+                entry.rescan_epoch = epoch.as_ref().map_or(0, |e| *e);
                 for dim in [Dimension::Product, Dimension::Brand] {
                     for size in SIZES {
                         // From the close cursor, read when the scan starts.
@@ -193,6 +239,7 @@ impl Aggregator {
             (
                 std::mem::take(&mut entry.keys),
                 std::mem::take(&mut entry.rescan),
+                entry.rescan_epoch,
             )
         };
         let mut retry: Vec<String> = Vec::new();
@@ -210,6 +257,7 @@ impl Aggregator {
         };
         // Open windows to re-publish, a bounded number per flush (values read once).
         let mut values: BTreeMap<String, WindowState> = BTreeMap::new();
+        let mut republished = 0u64;
         let mut budget = RESCAN_PER_FLUSH;
         while budget > 0 {
             let Some((dim, size, from)) = rescan.last().cloned() else {
@@ -235,7 +283,14 @@ impl Aggregator {
                             rescan.pop();
                         }
                     }
-                    values.extend(found);
+                    for (key, window) in found {
+                        // Stamped below: a flush known to have reached the topic (its
+                        // epoch's move committed after it) published its latest value.
+                        if window.epoch >= rescan_epoch {
+                            republished += 1;
+                            values.insert(key, window);
+                        }
+                    }
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, partition, "Cannot read open windows to re-publish; retrying at the next flush");
@@ -271,13 +326,27 @@ impl Aggregator {
                 }
             }
         }
-        if !retry.is_empty() || !rescan.is_empty() {
+        if republished > 0 {
+            counter!(names::REPUBLISHED).increment(republished);
+        }
+        {
             let mut dirty = self.dirty.lock().unwrap_or_else(|e| e.into_inner());
             let entry = dirty.entry(partition).or_default();
-            entry.keys.extend(retry);
-            // A scan still to finish goes on next time (a later `first` replaced it).
-            if entry.rescan.is_empty() {
-                entry.rescan = rescan;
+            match epoch {
+                // Every window changed before this flush is in it: the next message may
+                // move the epoch on (its batch commits after these records are
+                // acknowledged).
+                Ok(epoch) if retry.is_empty() && rescan.is_empty() => {
+                    entry.flushed_epoch = Some(epoch);
+                }
+                _ => {
+                    entry.keys.extend(retry);
+                    // A scan still to finish goes on next time (a later `first` replaced
+                    // it).
+                    if entry.rescan.is_empty() {
+                        entry.rescan = rescan;
+                    }
+                }
             }
         }
         let windows = values
@@ -418,10 +487,10 @@ impl Aggregator {
     }
 
     /// Counts `activity` at `time_ms` in `dim`/`id`'s windows, refusing it when it is late
-    /// for its smallest window by `clock` (the time windows close by); adds the windows'
-    /// keys to `touched` (their values go out with the next flush). Moves `dim`'s stream
-    /// time (the latest event time, which bounds the windows the API looks for), known to
-    /// be `stream_time`.
+    /// for its smallest window by `clock` (the time windows close by); stamps the windows
+    /// with `epoch` and adds their keys to `touched` (their values go out with the next
+    /// flush). Moves `dim`'s stream time (the latest event time, which bounds the windows
+    /// the API looks for), known to be `stream_time`.
     #[allow(clippy::too_many_arguments)]
     fn count(
         &self,
@@ -431,6 +500,7 @@ impl Aggregator {
         activity: &Activity,
         time_ms: i64,
         (clock, stream_time): (i64, i64),
+        epoch: u64,
         touched: &mut Vec<String>,
     ) -> Result<(), ProcessError> {
         if !(0..MAX_EVENT_TIME_MS).contains(&time_ms) {
@@ -468,6 +538,7 @@ impl Aggregator {
             let key = state_key(dim, id, size, start);
             let mut window = state.get(&WINDOWS, &key)?.unwrap_or_default();
             window.add(activity);
+            window.epoch = epoch;
             state.put(&WINDOWS, &key, &window)?;
             touched.push(key);
         }
@@ -669,6 +740,7 @@ impl Aggregator {
         // their clock.
         let stream_time =
             Self::meta(state, stream_time_key(Dimension::Product))?.unwrap_or(i64::MIN);
+        let epoch = self.epoch(message.partition, state)?;
         self.count(
             state,
             Dimension::Product,
@@ -676,6 +748,7 @@ impl Aggregator {
             activity,
             time_ms,
             (stream_time, stream_time),
+            epoch,
             &mut touched,
         )?;
         let mut outputs = Vec::new();
@@ -779,6 +852,7 @@ impl Aggregator {
         let stream_time = Self::meta(state, stream_time_key(Dimension::Brand))?.unwrap_or(i64::MIN);
         let mut windows = Vec::new();
         let mut touched = Vec::with_capacity(SIZES.len());
+        let epoch = self.epoch(message.partition, state)?;
         self.count(
             state,
             Dimension::Brand,
@@ -786,6 +860,7 @@ impl Aggregator {
             activity,
             time_ms,
             (clock, stream_time),
+            epoch,
             &mut touched,
         )?;
         self.close_due(state, Dimension::Brand, clock, &mut windows)?;
@@ -939,6 +1014,13 @@ impl StatefulProcessor for Aggregator {
 
     fn flush(&self, partition: i32, state: &State<'_>, first: bool) -> Vec<Output> {
         self.flush_windows(partition, state, first)
+    }
+
+    fn opened(&self, partition: i32) {
+        // What this instance remembers of an earlier ownership (windows flushed, windows
+        // dirty) may not have reached the topic: nothing of it may move the epoch on.
+        let mut dirty = self.dirty.lock().unwrap_or_else(|e| e.into_inner());
+        dirty.remove(&partition);
     }
 
     fn flush_every(&self) -> Option<Duration> {

@@ -99,6 +99,16 @@ pub struct WindowState {
     /// values published and served (from the close cursor), never stored.
     #[serde(default, rename = "final")]
     pub is_final: bool,
+    /// The partition's publication epoch when the window last changed (see
+    /// `aggregator::EPOCH`): a partition opened on another instance re-publishes only the
+    /// open windows changed in or after the epoch its state was at, the ones no earlier
+    /// flush is known to have published. 0 in windows stored before epochs existed.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub epoch: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl WindowState {
