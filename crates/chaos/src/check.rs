@@ -2,7 +2,7 @@
 //! the truth topics, the enriched topic, every search index, every aggregate window (served
 //! and on the topic), the metrics-emitter's counters and the dead-letter topics.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -571,8 +571,11 @@ impl std::fmt::Debug for AggregatesTail {
 /// What the records read so far say.
 #[derive(Debug, Default)]
 struct LatestRows {
-    /// Record key → the window its latest value is of, and the counts of that row.
-    rows: HashMap<String, (WindowKey, Counts)>,
+    /// Record key → the window its latest value is of, the counts of that row, and
+    /// whether it is final.
+    rows: HashMap<String, (WindowKey, Counts, bool)>,
+    /// Record keys that had a final value: their latest must be final too.
+    finals: HashSet<String>,
     /// Records that are not window aggregates, at most a few kept.
     strays: Vec<String>,
 }
@@ -678,7 +681,10 @@ impl LatestRows {
                     units: w.units,
                     revenue: w.revenue_minor,
                 };
-                self.rows.insert(key, (window, counts));
+                if w.is_final {
+                    self.finals.insert(key.clone());
+                }
+                self.rows.insert(key, (window, counts, w.is_final));
             }
             Ok(other) => self.stray(format!("{key}: {}", other.event_type())),
             Err(e) => self.stray(format!("{key}: {e}")),
@@ -693,14 +699,15 @@ impl LatestRows {
 }
 
 /// The aggregates topic, read as a consumer of it would: the latest value of every window
-/// (its rows summed over currencies) equals the reference, and it holds no other window.
+/// (its rows summed over currencies) equals the reference, it holds no other window, and a
+/// window that was published final is final in its latest value.
 /// What the API serves comes from the stores; this is what the flushes, the closes and the
 /// re-publication after a crash or a rebalance put on the topic.
 pub fn aggregates_topic(tail: &mut AggregatesTail, truth: &Truth) -> anyhow::Result<Verdict> {
     let name = "aggregates topic: every window's latest value equals the reference";
     tail.catch_up()?;
     let mut actual: BTreeMap<&WindowKey, Counts> = BTreeMap::new();
-    for (window, c) in tail.latest.rows.values() {
+    for (window, c, _) in tail.latest.rows.values() {
         let sum = actual.entry(window).or_default();
         sum.views += c.views;
         sum.carts += c.carts;
@@ -726,6 +733,16 @@ pub fn aggregates_topic(tail: &mut AggregatesTail, truth: &Truth) -> anyhow::Res
             .map(|((dim, id, window, start), c)| {
                 format!("{dim} {id} {window} {}: unexpected {c:?}", rfc3339(*start))
             })
+            .take(5),
+    );
+    // A window's final value may go out again after a crash (and an interim one before it,
+    // from a restored state that had not closed it yet), but the last word is final.
+    misses.extend(
+        tail.latest
+            .finals
+            .iter()
+            .filter(|key| tail.latest.rows.get(*key).is_some_and(|(_, _, f)| !f))
+            .map(|key| format!("{key}: a value that is not final after the final one"))
             .take(5),
     );
     misses.extend(

@@ -34,6 +34,11 @@ struct Args {
     /// Keep logs and data even when every check passes.
     #[arg(long)]
     keep: bool,
+    /// The services' `fetch.wait.max.ms`: how long the dev broker holds a fetch that finds
+    /// nothing. Shorter waits deliver sooner but cost the broker more (docs/architecture.md,
+    /// the dev broker).
+    #[arg(long, default_value_t = tributary_chaos::FETCH_WAIT_MS)]
+    fetch_wait_ms: u32,
 }
 
 fn duration(text: &str) -> Result<Duration, String> {
@@ -83,6 +88,7 @@ fn main() -> ExitCode {
         bin_dir,
         topics_file: topics,
         keep: args.keep,
+        fetch_wait_ms: args.fetch_wait_ms,
     };
     match tributary_chaos::run(&options) {
         Ok(true) => ExitCode::SUCCESS,

@@ -219,6 +219,8 @@ pub struct Stack {
     work: PathBuf,
     statsd: String,
     key: String,
+    /// `fetch.wait.max.ms` of every service.
+    fetch_wait_ms: u32,
 }
 
 impl Stack {
@@ -230,6 +232,7 @@ impl Stack {
         work: &Path,
         statsd: &str,
         key: &str,
+        fetch_wait_ms: u32,
     ) -> anyhow::Result<Stack> {
         for service in Service::ALL {
             let bin = bin_dir.join(service.name());
@@ -259,6 +262,7 @@ impl Stack {
             work: work.to_owned(),
             statsd: statsd.to_owned(),
             key: key.to_owned(),
+            fetch_wait_ms,
         };
         for service in Service::ALL {
             stack.add(service)?;
@@ -332,8 +336,12 @@ impl Stack {
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("KAFKA_BROKERS", self.broker.bootstrap())
-            // The dev broker holds every fetch for fetch.wait.max.ms (ARCHITECTURE.md §9).
-            .env("KAFKA_CONFIG", tributary_testkit::DEV_CLIENT_SETTING)
+            // The dev broker holds an empty fetch for all of fetch.wait.max.ms (ARCHITECTURE.md
+            // §9): the run chooses between latency and the broker's load.
+            .env(
+                "KAFKA_CONFIG",
+                format!("fetch.wait.max.ms={}", self.fetch_wait_ms),
+            )
             .env("GROUP_ID", &instance.group)
             .env("SESSION_TIMEOUT_MS", SESSION_TIMEOUT_MS.to_string())
             .env("SHUTDOWN_TIMEOUT_MS", "15000")

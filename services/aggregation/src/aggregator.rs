@@ -54,6 +54,10 @@ const SEEN_CURSOR: &str = "seen";
 /// stamped below the stored epoch is on the topic with its latest value, and a partition
 /// opened again re-publishes only the open windows stamped at or above it.
 pub const EPOCH: &str = "publish.epoch";
+/// The epoch of a partition that never moved one. Windows stamped 0 were written by a
+/// version without epochs (during a rolling deploy, say): nothing is known of them, so
+/// they are always re-published.
+const FIRST_EPOCH: u64 = 1;
 /// How many expired ids each id remembered forgets at most (more than one, so the table
 /// shrinks back after the clock jumps).
 const FORGET_PER_ID: usize = 2;
@@ -158,6 +162,32 @@ struct Dirty {
     flushed: Option<Instant>,
 }
 
+/// Held by a flush while it has the partition's dirty windows in hand: a panic would drop
+/// them, so on unwinding it schedules a re-publication of every open window and forgets
+/// the last complete flush (the epoch must not move past windows nobody published).
+struct RescanAllOnPanic<'a> {
+    dirty: &'a Mutex<HashMap<i32, Dirty>>,
+    partition: i32,
+}
+
+impl Drop for RescanAllOnPanic<'_> {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        let mut dirty = self.dirty.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = dirty.entry(self.partition).or_default();
+        entry.flushed_epoch = None;
+        entry.rescan_epoch = 0;
+        entry.rescan.clear();
+        for dim in [Dimension::Product, Dimension::Brand] {
+            for size in SIZES {
+                entry.rescan.push((dim, size, None));
+            }
+        }
+    }
+}
+
 /// How many open windows a re-publication after opening a partition reads per flush.
 const RESCAN_PER_FLUSH: usize = 10_000;
 
@@ -178,7 +208,7 @@ impl Aggregator {
     fn epoch(&self, partition: i32, state: &mut State<'_>) -> Result<u64, ProcessError> {
         let stored = Self::meta(state, EPOCH)?
             .and_then(|e| u64::try_from(e).ok())
-            .unwrap_or(0);
+            .unwrap_or(FIRST_EPOCH);
         let flushed = {
             let dirty = self.dirty.lock().unwrap_or_else(|e| e.into_inner());
             dirty.get(&partition).and_then(|d| d.flushed_epoch)
@@ -210,8 +240,8 @@ impl Aggregator {
         let interim = Duration::from_millis(u64::try_from(self.settings.interim_ms).unwrap_or(0));
         // Read before the work is taken: the partition's messages wait while it flushes,
         // so no window changes between this read and the end of the flush.
-        let epoch =
-            Self::meta(state, EPOCH).map(|e| e.and_then(|e| u64::try_from(e).ok()).unwrap_or(0));
+        let epoch = Self::meta(state, EPOCH)
+            .map(|e| e.and_then(|e| u64::try_from(e).ok()).unwrap_or(FIRST_EPOCH));
         let (keys, mut rescan, rescan_epoch) = {
             let mut dirty = self.dirty.lock().unwrap_or_else(|e| e.into_inner());
             let entry = dirty.entry(partition).or_default();
@@ -242,6 +272,12 @@ impl Aggregator {
                 entry.rescan_epoch,
             )
         };
+        // The work is out of the dirty set now: should this flush panic, the partition's
+        // next flush re-publishes every open window instead.
+        let _unwinding = RescanAllOnPanic {
+            dirty: &self.dirty,
+            partition,
+        };
         let mut retry: Vec<String> = Vec::new();
         let mut cursors: HashMap<(Dimension, WindowSize), Result<String, ProcessError>> =
             HashMap::new();
@@ -263,8 +299,13 @@ impl Aggregator {
             let Some((dim, size, from)) = rescan.last().cloned() else {
                 break;
             };
-            let from = match from.map_or_else(|| cursor_of(dim, size), Ok) {
-                Ok(from) => from,
+            // Never behind the close cursor: a batch since the last flush may have closed
+            // windows past where the scan stopped, and their final values are out.
+            let from = match cursor_of(dim, size) {
+                Ok(cursor) => match from {
+                    Some(from) => from.max(cursor),
+                    None => cursor,
+                },
                 Err(e) => {
                     tracing::warn!(error = %e, partition, "Cannot read the close cursor to re-publish open windows; retrying at the next flush");
                     break;
@@ -286,7 +327,7 @@ impl Aggregator {
                     for (key, window) in found {
                         // Stamped below: a flush known to have reached the topic (its
                         // epoch's move committed after it) published its latest value.
-                        if window.epoch >= rescan_epoch {
+                        if window.epoch == 0 || window.epoch >= rescan_epoch {
                             republished += 1;
                             values.insert(key, window);
                         }
