@@ -91,6 +91,10 @@ pub struct RuntimeConfig {
     /// Directory for local state (stateful services).
     #[arg(long, env = "DATA_DIR", default_value = "data")]
     pub data_dir: PathBuf,
+    /// Page cache of each partition's state store, MiB (stateful services: one store per
+    /// partition number owned, so the bound is this times the partitions).
+    #[arg(long, env = "STATE_CACHE_MB", default_value_t = 64)]
+    pub state_cache_mb: u64,
     /// Consumer session timeout; a crashed instance's partitions move after this long.
     #[arg(long, env = "SESSION_TIMEOUT_MS", default_value_t = 10_000)]
     pub session_timeout_ms: u64,
@@ -291,6 +295,7 @@ mod tests {
         assert_eq!(c.statsd_addr, "127.0.0.1:8125");
         assert_eq!(c.group("enrichment"), "enrichment");
         assert_eq!(c.session_timeout_ms, 10_000);
+        assert_eq!(c.state_cache_mb, 64);
         let consumer = c.consumer_config("enrichment").unwrap();
         assert_eq!(consumer.get("enable.auto.offset.store"), Some("false"));
         assert_eq!(consumer.get("session.timeout.ms"), Some("10000"));

@@ -30,9 +30,17 @@ async fn deliveries_failing_during_an_outage_are_sent_again_in_order() {
         .await
         .unwrap();
 
+    // Processing holds after 200 messages until the broker is gone: the other 800 are
+    // processed during the outage whatever the machine's load (without the gate, a loaded
+    // machine could finish all 1,000 before the kill, and nothing would fail).
+    let (open_gate, gate) = tokio::sync::watch::channel(false);
     let recorder = Recorder::new(Behaviour {
         forward_to: Some(output.clone()),
         delay: Duration::from_millis(2),
+        gate: Some(Gate {
+            after: 200,
+            open: gate,
+        }),
         ..Behaviour::default()
     });
     let mut config = config(&broker, &group);
@@ -51,6 +59,7 @@ async fn deliveries_failing_during_an_outage_are_sent_again_in_order() {
     // Killed, not stopped: a stopping broker drains its connections for seconds, serving
     // them; an outage is the broker gone at once.
     broker.kill().unwrap();
+    open_gate.send(true).unwrap();
     eventually(
         "a partition reported stuck while deliveries fail",
         Duration::from_secs(60),

@@ -19,7 +19,7 @@ mod store;
 
 pub use pending::{State, Table};
 pub use stateful::{ReadError, StateReader, Stateful, StatefulProcessor};
-pub use store::{Checkpoint, Store};
+pub use store::{Checkpoint, DEFAULT_CACHE_BYTES, Store};
 
 use sha2::{Digest, Sha256};
 use tributary_runtime::Incoming;

@@ -94,6 +94,8 @@ struct Context {
     health: Health,
     /// A store behind its changelog and older than this is restored afresh.
     stale_after: Duration,
+    /// Each store's page cache (`STATE_CACHE_MB`).
+    cache_bytes: usize,
 }
 
 impl std::fmt::Debug for Context {
@@ -421,6 +423,7 @@ impl<S: StatefulProcessor> Stateful<S> {
         let fenced = slot.fenced.clone();
         let context = self.context()?;
         let path = context.dir.join(format!("p{number}.redb"));
+        let cache_bytes = context.cache_bytes;
         let client = context.client.clone();
         let topic = context.changelog.clone();
         let store_name = self.store.clone();
@@ -450,7 +453,7 @@ impl<S: StatefulProcessor> Stateful<S> {
             slot: Arc::downgrade(slot),
         };
         let result = tokio::task::spawn_blocking(move || {
-            let store = Store::open(&path)?;
+            let store = Store::open_with_cache(&path, cache_bytes)?;
             let restored = changelog::restore(
                 &store,
                 &client,
@@ -808,6 +811,8 @@ impl<S: StatefulProcessor> Processor for Stateful<S> {
             producer: context.producer.clone(),
             health: context.health.clone(),
             stale_after,
+            cache_bytes: usize::try_from(context.config.state_cache_mb.saturating_mul(1 << 20))
+                .unwrap_or(usize::MAX),
         });
         Ok(())
     }

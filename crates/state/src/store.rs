@@ -81,15 +81,30 @@ fn storage(e: impl std::fmt::Display) -> StateError {
     StateError::Storage(e.to_string())
 }
 
+/// The page cache of a store opened with [`Store::open`]. redb's own default is 1 GiB per
+/// database, and a service holds one database per partition it owns: its memory would
+/// follow its stores' size up to several GiB.
+pub const DEFAULT_CACHE_BYTES: usize = 64 << 20;
+
 impl Store {
-    /// Opens (or creates) the store at `path`.
+    /// Opens (or creates) the store at `path`, with a page cache of
+    /// [`DEFAULT_CACHE_BYTES`].
     pub fn open(path: &Path) -> Result<Store, StateError> {
+        Store::open_with_cache(path, DEFAULT_CACHE_BYTES)
+    }
+
+    /// Opens (or creates) the store at `path`, caching at most `cache_bytes` of its pages
+    /// in memory (reads past the cache go to the file, and the operating system's page
+    /// cache).
+    pub fn open_with_cache(path: &Path, cache_bytes: usize) -> Result<Store, StateError> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| {
                 StateError::Storage(format!("cannot create {}: {e}", dir.display()))
             })?;
         }
-        let db = Database::create(path)
+        let db = redb::Builder::new()
+            .set_cache_size(cache_bytes)
+            .create(path)
             .map_err(|e| StateError::Storage(format!("cannot open {}: {e}", path.display())))?;
         // Tables exist from the start, so that reads never meet a missing table.
         let txn = db.begin_write().map_err(storage)?;

@@ -26,6 +26,18 @@ pub struct Behaviour {
     pub assign_delay: Duration,
     /// `on_assigned` answers this start offset.
     pub start_from: Option<i64>,
+    /// Hold every message once this many were processed, until the gate opens.
+    pub gate: Option<Gate>,
+}
+
+/// Holds processing at a known point, so that a test can change the world (stop the broker,
+/// say) while messages are known to be still unprocessed.
+#[derive(Debug, Clone)]
+pub struct Gate {
+    /// Messages processed before the gate holds the rest.
+    pub after: usize,
+    /// Becomes true when the gate opens.
+    pub open: tokio::sync::watch::Receiver<bool>,
 }
 
 /// How many times a message keyed `blocked` is refused as blocked before it goes through.
@@ -93,6 +105,13 @@ impl Processor for Recorder {
             .unwrap()
             .entry(id)
             .or_insert_with(Instant::now);
+        if let Some(gate) = &self.behaviour.gate {
+            if self.count() >= gate.after {
+                let mut open = gate.open.clone();
+                // The sender lives as long as the test: an error means it ended.
+                let _ = open.wait_for(|open| *open).await;
+            }
+        }
         if !self.behaviour.delay.is_zero() {
             tokio::time::sleep(self.behaviour.delay).await;
         }
