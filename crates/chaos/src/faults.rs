@@ -11,6 +11,7 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
+use crate::check::AggregatesTail;
 use crate::stack::{SESSION_TIMEOUT_MS, Service, Stack};
 
 /// The kinds of fault, as the report names them.
@@ -83,6 +84,7 @@ pub fn run(
     done: &AtomicBool,
     started: Instant,
     findings: &Mutex<Findings>,
+    tail: &Mutex<AggregatesTail>,
 ) {
     let mut rng = StdRng::seed_from_u64(seed ^ 0xfa17);
     let mut first = Kind::ALL.to_vec();
@@ -100,6 +102,13 @@ pub fn run(
             .unwrap_or_else(|| Kind::ALL[rng.random_range(0..Kind::ALL.len())]);
         count += 1;
         let at = started.elapsed().as_secs_f64();
+        if kind == Kind::BrokerRestart {
+            // What the broker's compaction at start would fold away is read first.
+            let mut tail = tail.lock().unwrap_or_else(|e| e.into_inner());
+            if let Err(e) = tail.catch_up() {
+                eprintln!("chaos: reading the aggregates topic before a broker restart: {e:#}");
+            }
+        }
         if let Some((kind, target, outcome)) = inject(stack, kind, &mut rng, findings) {
             let mut f = findings.lock().unwrap_or_else(|e| e.into_inner());
             f.injected.push(Injected {

@@ -162,10 +162,18 @@ async fn drive(
 
     let done = Arc::new(AtomicBool::new(false));
     let findings = Arc::new(Mutex::new(Findings::default()));
+    // Read from the start of the stream and before every broker restart: the dev broker
+    // compacts at start, and a final value followed by a stale one would otherwise reach
+    // the check as the stale one alone.
+    let tail = Arc::new(Mutex::new(check::AggregatesTail::new(
+        brokers,
+        topics::AGGREGATES,
+    )?));
     let stream_started = Instant::now();
     let soaking = options.soak.is_some();
     let background = {
-        let (stack, done, findings) = (stack.clone(), done.clone(), findings.clone());
+        let (stack, done, findings, tail) =
+            (stack.clone(), done.clone(), findings.clone(), tail.clone());
         let seed = options.seed;
         let every = options.soak.map_or(Duration::from_secs(5), |d| {
             (d / 60).max(Duration::from_secs(2))
@@ -174,7 +182,7 @@ async fn drive(
             if soaking {
                 soak::sample(&stack, every, &done)
             } else {
-                faults::run(&stack, seed, &done, stream_started, &findings);
+                faults::run(&stack, seed, &done, stream_started, &findings, &tail);
                 Vec::new()
             }
         })
@@ -265,11 +273,14 @@ async fn drive(
     }
     let mut best_lag = u64::MAX;
     let mut progressed = Instant::now();
-    let mut tail = check::AggregatesTail::new(brokers, topics::AGGREGATES)?;
     let verdicts = loop {
         let mut verdicts =
             converging_checks(&http, stack, brokers, &truth, &items, agent, from_ms, to_ms).await?;
-        verdicts.push(check::aggregates_topic(&mut tail, &truth)?);
+        let on_topic = {
+            let mut tail = tail.lock().unwrap_or_else(|e| e.into_inner());
+            check::aggregates_topic(&mut tail, &truth)?
+        };
+        verdicts.push(on_topic);
         if verdicts.iter().all(|v| v.passed) {
             break verdicts;
         }
