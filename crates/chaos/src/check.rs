@@ -647,9 +647,13 @@ impl AggregatesTail {
                 }
             }
             if last_progress.elapsed() > Duration::from_secs(60) {
+                let _ = self.consumer.unassign();
                 anyhow::bail!("reading {topic}: no progress for 60 s, {ends:?} not reached");
             }
         }
+        // librdkafka keeps fetching for assigned partitions between calls, and the dev
+        // broker pays for every empty fetch (architecture.md).
+        let _ = self.consumer.unassign();
         Ok(())
     }
 }

@@ -170,6 +170,20 @@ async fn drive(
         topics::AGGREGATES,
     )?));
     let stream_started = Instant::now();
+    // Kept up to date while the stream runs, so that the read before a broker restart is
+    // short (a fault waits for it) and its reads spread over the run.
+    let tailing = {
+        let (tail, done) = (tail.clone(), done.clone());
+        std::thread::spawn(move || {
+            while !done.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_secs(5));
+                let mut tail = tail.lock().unwrap_or_else(|e| e.into_inner());
+                if let Err(e) = tail.catch_up() {
+                    eprintln!("chaos: reading the aggregates topic: {e:#}");
+                }
+            }
+        })
+    };
     let soaking = options.soak.is_some();
     let background = {
         let (stack, done, findings, tail) =
@@ -239,6 +253,7 @@ async fn drive(
     reporter.abort();
     done.store(true, Ordering::SeqCst);
     let series = background.join().unwrap_or_default();
+    let _ = tailing.join();
     let streamed = streamed?;
     faults::heal(stack, &findings);
     let stream_secs = stream_started.elapsed().as_secs_f64();
