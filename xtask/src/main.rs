@@ -35,7 +35,8 @@ commands:
   chaos      the whole suite on the dev broker under killed, stopped, paused and added
              instances and broker restarts, checked against what ingest accepted;
              options: --events N (default 20000), --seed S, --rate R, --soak 30m (steady
-             load, no faults, memory and file descriptors watched), --keep
+             load, no faults, memory and file descriptors watched), --fetch-wait-ms W
+             (the services' fetch.wait.max.ms, default 100), --keep
   fuzz       a bounded libFuzzer run of each fuzz target (envelope, ingest_body,
              search_query), corpus seeded from schemas/samples; a crash becomes a
              regression test; options: --secs N per target (default 60), --target NAME
