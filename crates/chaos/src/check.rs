@@ -60,21 +60,7 @@ pub fn read_topic(brokers: &str, topic: &str) -> anyhow::Result<Vec<Rec>> {
         .set("fetch.wait.max.ms", tributary_testkit::FETCH_WAIT_MAX_MS)
         .set("log_level", "0")
         .create()?;
-    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
-    let partitions: Vec<i32> = metadata
-        .topics()
-        .iter()
-        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-        .collect();
-    let mut ends = HashMap::new();
-    let mut tpl = TopicPartitionList::new();
-    for &p in &partitions {
-        let (low, high) = consumer.fetch_watermarks(topic, p, Duration::from_secs(10))?;
-        if high > low {
-            ends.insert(p, high);
-            tpl.add_partition_offset(topic, p, Offset::Offset(low))?;
-        }
-    }
+    let (mut ends, tpl) = unread(&consumer, topic, |_, low| low)?;
     let mut out = Vec::new();
     if ends.is_empty() {
         return Ok(out);
@@ -118,6 +104,31 @@ pub fn read_topic(brokers: &str, topic: &str) -> anyhow::Result<Vec<Rec>> {
         }
     }
     Ok(out)
+}
+
+/// Each partition of `topic` with records between `from(partition, low watermark)` and its
+/// high watermark now: the high watermarks, and where to start reading each.
+fn unread(
+    consumer: &BaseConsumer,
+    topic: &str,
+    from: impl Fn(i32, i64) -> i64,
+) -> anyhow::Result<(HashMap<i32, i64>, TopicPartitionList)> {
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let mut ends = HashMap::new();
+    let mut tpl = TopicPartitionList::new();
+    for p in metadata
+        .topics()
+        .iter()
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+    {
+        let (low, high) = consumer.fetch_watermarks(topic, p, Duration::from_secs(10))?;
+        let start = from(p, low);
+        if high > start {
+            ends.insert(p, high);
+            tpl.add_partition_offset(topic, p, Offset::Offset(start))?;
+        }
+    }
+    Ok((ends, tpl))
 }
 
 /// Every topic on the broker.
@@ -605,27 +616,10 @@ impl AggregatesTail {
     /// Reads on to the high watermark each partition has now.
     pub fn catch_up(&mut self) -> anyhow::Result<()> {
         let topic = self.topic.clone();
-        let metadata = self
-            .consumer
-            .fetch_metadata(Some(&topic), Duration::from_secs(10))?;
-        let partitions: Vec<i32> = metadata
-            .topics()
-            .iter()
-            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-            .collect();
-        let mut ends = HashMap::new();
-        let mut tpl = TopicPartitionList::new();
-        for p in partitions {
-            let (low, high) = self
-                .consumer
-                .fetch_watermarks(&topic, p, Duration::from_secs(10))?;
-            // Below the low watermark only when the broker dropped records meanwhile.
-            let from = self.next.get(&p).copied().unwrap_or(low).max(low);
-            if high > from {
-                ends.insert(p, high);
-                tpl.add_partition_offset(&topic, p, Offset::Offset(from))?;
-            }
-        }
+        // Below the low watermark only when the broker dropped records meanwhile.
+        let (mut ends, tpl) = unread(&self.consumer, &topic, |p, low| {
+            self.next.get(&p).copied().unwrap_or(low).max(low)
+        })?;
         if ends.is_empty() {
             return Ok(());
         }
