@@ -57,53 +57,78 @@ pub fn read_topic(brokers: &str, topic: &str) -> anyhow::Result<Vec<Rec>> {
         .set("bootstrap.servers", brokers)
         .set("group.id", "chaos-reader")
         .set("enable.auto.commit", "false")
-        .set("fetch.wait.max.ms", tributary_testkit::FETCH_WAIT_MAX_MS)
+        .set("fetch.wait.max.ms", READ_FETCH_WAIT_MS)
         .set("log_level", "0")
         .create()?;
-    let (mut ends, tpl) = unread(&consumer, topic, |_, low| low)?;
+    let (ends, tpl) = unread(&consumer, topic, |_, low| low)?;
     let mut out = Vec::new();
     if ends.is_empty() {
         return Ok(out);
     }
     consumer.assign(&tpl)?;
+    read_to_ends(&consumer, topic, ends, |m| {
+        out.push(Rec {
+            partition: m.partition(),
+            key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+            value: m.payload().map(<[u8]>::to_vec),
+            headers: m
+                .headers()
+                .map(|h| {
+                    h.iter()
+                        .map(|h| {
+                            (
+                                h.key.to_owned(),
+                                String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+        });
+    })?;
+    Ok(out)
+}
+
+/// The checks' readers' `fetch.wait.max.ms`. A reader with a backlog on a busy dev broker
+/// gets next to nothing per fetch when its wait is short: `trib tail` (a plain consumer)
+/// read the last 30,000 records of the aggregates topic during a chaos run in 2.8 s with
+/// 100 ms, and had not finished after 120 s with 5 ms (docs/architecture.md, the dev
+/// broker).
+const READ_FETCH_WAIT_MS: &str = "100";
+
+/// Polls `consumer`, assigned where `ends` says to start, until every partition in `ends`
+/// has reached its end, handing each record before it to `take`. A partition that reached
+/// its end is paused: librdkafka would go on fetching it, and its new records are not
+/// progress (counted as such, a partition that never reaches its end went unnoticed for as
+/// long as the others grew).
+fn read_to_ends(
+    consumer: &BaseConsumer,
+    topic: &str,
+    mut ends: HashMap<i32, i64>,
+    mut take: impl FnMut(&rdkafka::message::BorrowedMessage<'_>),
+) -> anyhow::Result<()> {
     let mut last_progress = std::time::Instant::now();
     while !ends.is_empty() {
         // An error is transient (the broker restarting): the deadline below decides.
         if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
-            last_progress = std::time::Instant::now();
             let p = m.partition();
-            if let Some(&end) = ends.get(&p) {
-                if m.offset() < end {
-                    out.push(Rec {
-                        partition: p,
-                        key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
-                        value: m.payload().map(<[u8]>::to_vec),
-                        headers: m
-                            .headers()
-                            .map(|h| {
-                                h.iter()
-                                    .map(|h| {
-                                        (
-                                            h.key.to_owned(),
-                                            String::from_utf8_lossy(h.value.unwrap_or_default())
-                                                .into_owned(),
-                                        )
-                                    })
-                                    .collect()
-                            })
-                            .unwrap_or_default(),
-                    });
-                }
-                if m.offset() + 1 >= end {
-                    ends.remove(&p);
-                }
+            let Some(&end) = ends.get(&p) else { continue };
+            last_progress = std::time::Instant::now();
+            if m.offset() < end {
+                take(&m);
+            }
+            if m.offset() + 1 >= end {
+                ends.remove(&p);
+                let mut done = TopicPartitionList::new();
+                done.add_partition(topic, p);
+                let _ = consumer.pause(&done);
             }
         }
         if last_progress.elapsed() > Duration::from_secs(60) {
             anyhow::bail!("reading {topic}: no progress for 60 s, {ends:?} not reached");
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Each partition of `topic` with records between `from(partition, low watermark)` and its
@@ -601,7 +626,7 @@ impl AggregatesTail {
             .set("bootstrap.servers", brokers)
             .set("group.id", "chaos-aggregates-reader")
             .set("enable.auto.commit", "false")
-            .set("fetch.wait.max.ms", tributary_testkit::FETCH_WAIT_MAX_MS)
+            .set("fetch.wait.max.ms", READ_FETCH_WAIT_MS)
             .set("log_level", "0")
             .create()?;
         Ok(AggregatesTail {
@@ -617,38 +642,26 @@ impl AggregatesTail {
     pub fn catch_up(&mut self) -> anyhow::Result<()> {
         let topic = self.topic.clone();
         // Below the low watermark only when the broker dropped records meanwhile.
-        let (mut ends, tpl) = unread(&self.consumer, &topic, |p, low| {
+        let (ends, tpl) = unread(&self.consumer, &topic, |p, low| {
             self.next.get(&p).copied().unwrap_or(low).max(low)
         })?;
         if ends.is_empty() {
             return Ok(());
         }
         self.consumer.assign(&tpl)?;
-        let mut last_progress = std::time::Instant::now();
-        while !ends.is_empty() {
-            if let Some(Ok(m)) = self.consumer.poll(Duration::from_millis(200)) {
-                last_progress = std::time::Instant::now();
-                let p = m.partition();
-                let Some(&end) = ends.get(&p) else { continue };
-                if m.offset() < end {
-                    self.read += 1;
-                    self.next.insert(p, m.offset() + 1);
-                    let key = m.key().map(|k| String::from_utf8_lossy(k).into_owned());
-                    self.latest.record(key, m.payload());
-                }
-                if m.offset() + 1 >= end {
-                    ends.remove(&p);
-                }
-            }
-            if last_progress.elapsed() > Duration::from_secs(60) {
-                let _ = self.consumer.unassign();
-                anyhow::bail!("reading {topic}: no progress for 60 s, {ends:?} not reached");
-            }
-        }
+        let (next, latest, read) = (&mut self.next, &mut self.latest, &mut self.read);
+        let result = read_to_ends(&self.consumer, &topic, ends, |m| {
+            *read += 1;
+            next.insert(m.partition(), m.offset() + 1);
+            let key = m.key().map(|k| String::from_utf8_lossy(k).into_owned());
+            latest.record(key, m.payload());
+        });
         // librdkafka keeps fetching for assigned partitions between calls, and the dev
-        // broker pays for every empty fetch (architecture.md).
+        // broker pays for every empty fetch (architecture.md). The pauses of partitions
+        // that reached their ends are lifted first: a pause can outlive the assignment.
+        let _ = self.consumer.resume(&tpl);
         let _ = self.consumer.unassign();
-        Ok(())
+        result
     }
 }
 

@@ -46,6 +46,7 @@ pub mod topics;
 
 pub use admin::Health;
 pub use config::{LogFormat, RuntimeConfig};
+pub use consumer::liveness::FreezeGuard;
 pub use processor::{
     Batching, Incoming, Output, PartitionId, ProcessError, Processor, ServiceContext, StartFrom,
 };

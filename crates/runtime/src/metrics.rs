@@ -35,6 +35,9 @@ pub mod names {
     pub const REBALANCES: &str = "rebalances";
     /// Counter: the consumer left its group because `max.poll.interval.ms` passed.
     pub const MAX_POLL_EXCEEDED: &str = "consumer.max_poll_exceeded";
+    /// Counter: the process was found frozen (SIGSTOP, a paused VM) past half its session
+    /// timeout, and held its work while the group settled who owns its partitions.
+    pub const FROZEN: &str = "consumer.frozen";
     /// Counter: deliveries that failed and were retried.
     pub const DELIVERY_RETRIES: &str = "producer.delivery_retries";
     /// Gauge: messages read and not yet finished, over all partitions.

@@ -23,6 +23,9 @@ pub struct ServiceContext {
     pub health: crate::Health,
     /// The service's idempotent producer.
     pub producer: rdkafka::producer::FutureProducer,
+    /// Holds the processor's own writes after the process was frozen, as the runtime holds
+    /// its outputs (see [`FreezeGuard`](crate::FreezeGuard)).
+    pub freeze: crate::FreezeGuard,
 }
 
 impl fmt::Debug for ServiceContext {

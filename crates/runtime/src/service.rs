@@ -135,6 +135,7 @@ pub async fn start<P: Processor>(
         commit_interval: Duration::from_millis(config.commit_interval_ms.max(10)),
         shutdown_timeout: config.shutdown_timeout(),
         static_member: config.group_instance_id.is_some(),
+        session_timeout: Duration::from_millis(config.session_timeout_ms),
     };
     let task_health = health.clone();
     let task = tokio::spawn(async move {
@@ -228,6 +229,7 @@ async fn run_loop<P: Processor>(
         config: config.clone(),
         health: health.clone(),
         producer: producer.clone(),
+        freeze: shared.freeze_guard(),
     };
     let mut delay = Duration::from_millis(250);
     loop {
@@ -364,6 +366,11 @@ async fn tick<P: Processor>(processor: Arc<P>, shared: Arc<Shared<P>>, shutdown:
         tokio::select! {
             _ = interval.tick() => {}
             _ = shutdown.wait() => break,
+        }
+        // Right after a freeze a tick would compute from state that may have moved on
+        // elsewhere; it skips until the hold ends.
+        if shared.liveness.held() {
+            continue;
         }
         let outputs = std::panic::AssertUnwindSafe(processor.on_tick())
             .catch_unwind()

@@ -96,6 +96,8 @@ struct Context {
     stale_after: Duration,
     /// Each store's page cache (`STATE_CACHE_MB`).
     cache_bytes: usize,
+    /// Holds changelog writes after the process was frozen.
+    freeze: tributary_runtime::FreezeGuard,
 }
 
 impl std::fmt::Debug for Context {
@@ -131,6 +133,21 @@ struct Task {
 }
 
 impl Task {
+    /// Waits while the process is held after a freeze (the partition may be someone
+    /// else's: a zombie's changelog records interleaved with the new owner's would corrupt
+    /// the next restore), then checks the fence a lost assignment raises meanwhile.
+    async fn pass_freeze(
+        &self,
+        freeze: &tributary_runtime::FreezeGuard,
+    ) -> Result<(), ProcessError> {
+        if freeze.is_held() {
+            freeze
+                .wait(|| self.fenced.load(std::sync::atomic::Ordering::Acquire))
+                .await;
+        }
+        self.check_fence()
+    }
+
     fn check_fence(&self) -> Result<(), ProcessError> {
         if self.fenced.load(std::sync::atomic::Ordering::Acquire) {
             return Err(ProcessError::Transient(format!(
@@ -608,8 +625,9 @@ impl<S: StatefulProcessor> Stateful<S> {
         };
         let mut deliveries = Vec::with_capacity(prefix.changes.len());
         crash_point(self.crash.as_ref(), "before_changelog");
-        task.check_fence()?;
+        task.pass_freeze(&context.freeze).await?;
         for (key, value) in &prefix.changes {
+            task.pass_freeze(&context.freeze).await?;
             let source = prefix.sources.get(key).map_or("", String::as_str);
             let mut record = FutureRecord::<[u8], [u8]>::to(&context.changelog)
                 .partition(task.number)
@@ -642,8 +660,9 @@ impl<S: StatefulProcessor> Stateful<S> {
         .map_err(|e| ProcessError::Permanent(e.to_string()))?;
         crash_point(self.crash.as_ref(), "before_checkpoint");
         // A fence raised while the entries were in flight stops the checkpoint: without it
-        // a restore drops them.
-        task.check_fence()?;
+        // a restore drops them. A freeze while they were in flight holds it until the
+        // runtime knows whether the partition is still ours.
+        task.pass_freeze(&context.freeze).await?;
         // A re-seed's checkpoint has a key of its own (compaction keeps it).
         let key = reseed.map_or_else(|| CHECKPOINT_KEY.to_vec(), changelog::reseed_checkpoint_key);
         let record = FutureRecord::<[u8], [u8]>::to(&context.changelog)
@@ -813,6 +832,7 @@ impl<S: StatefulProcessor> Processor for Stateful<S> {
             stale_after,
             cache_bytes: usize::try_from(context.config.state_cache_mb.saturating_mul(1 << 20))
                 .unwrap_or(usize::MAX),
+            freeze: context.freeze.clone(),
         });
         Ok(())
     }

@@ -207,6 +207,7 @@ async fn started_store(
         config,
         health: Health::new("restore-test", Some(&group)),
         producer,
+        freeze: tributary_runtime::FreezeGuard::default(),
     };
     let stateful = Arc::new(Stateful::new("kv", Idle));
     stateful.on_start(&context).await.unwrap();

@@ -405,7 +405,7 @@ impl<P: Processor> Shared<P> {
 
     /// Gives up on `part`'s unacknowledged outputs and tells the processor to write nothing
     /// more for it.
-    fn abandon(&self, part: &Partition) {
+    pub(crate) fn abandon(&self, part: &Partition) {
         part.abandon().cancel();
         let processor = &self.processor;
         if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| processor.fence(&part.id)))

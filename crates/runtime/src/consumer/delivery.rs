@@ -203,6 +203,10 @@ impl<'a, P: Processor> Pipeline<'a, P> {
     /// stop past its deadline) may reach the producer after that, however many records a
     /// re-send still had to go.
     async fn send(&self, record: &OutRecord) -> Result<Slot, Stop> {
+        // After a freeze, the partition may be someone else's already (see `liveness`).
+        if !self.shared.liveness.pass(self.abandoned()).await {
+            return Err(Stop::Abandoned);
+        }
         loop {
             if self.abandoned().is_cancelled() {
                 return Err(Stop::Abandoned);
@@ -501,6 +505,11 @@ impl<'a, P: Processor> Pipeline<'a, P> {
         let mut attempt = 0;
         loop {
             attempt += 1;
+            // A frozen instance does not write state (or its changelog) for partitions it
+            // may have lost.
+            if !self.shared.liveness.pass(&task.abandon).await {
+                return Err(Stop::Abandoned);
+            }
             let result = std::panic::AssertUnwindSafe(self.shared.processor.commit_batch(&ids))
                 .catch_unwind()
                 .await

@@ -11,17 +11,21 @@
 //!   in arrival order (offset order within a partition), and a **sender** ([`delivery`])
 //!   delivers their outputs in the same order and finishes each offset once everything
 //!   it produced is acknowledged;
+//! - a **watchdog** thread ([`liveness`]) notices that the process was frozen past half its
+//!   session timeout, and holds processing, flushes, sends and commits until the group has
+//!   had time to take the partitions away;
 //! - the processor's **hooks** run as tasks on the runtime, never inside librdkafka's
 //!   callbacks, and a panic in one is caught.
 
 pub(crate) mod assignment;
 pub(crate) mod context;
 pub(crate) mod delivery;
+pub(crate) mod liveness;
 pub(crate) mod partition;
 pub(crate) mod record;
 pub(crate) mod worker;
 
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, mpsc as std_mpsc};
 use std::time::{Duration, Instant};
 
@@ -51,6 +55,8 @@ pub(crate) struct LoopSettings {
     pub(crate) shutdown_timeout: Duration,
     /// A static member (`group.instance.id`) keeps its place in the group when it stops.
     pub(crate) static_member: bool,
+    /// The consumer's session timeout: a freeze longer than half of it holds work.
+    pub(crate) session_timeout: Duration,
 }
 
 /// What tasks tell the poll thread.
@@ -77,6 +83,8 @@ pub(crate) struct Shared<P> {
     /// Bumped on every assignment change; a cached route is valid for one generation.
     pub(crate) generation: AtomicU64,
     pub(crate) control: std_mpsc::Sender<Control>,
+    /// Notices a freeze and holds work after it.
+    pub(crate) liveness: Arc<liveness::Liveness>,
     /// Why the service must stop with an error (the first reason wins).
     fatal: Mutex<Option<String>>,
     /// What did not finish in time during revocations and the stop.
@@ -94,6 +102,10 @@ impl<P: Processor> Shared<P> {
         let (control, control_rx) = std_mpsc::channel();
         let batching = processor.batching();
         let co_partitioned = processor.co_partitioned();
+        let liveness = Arc::new(liveness::Liveness::new(
+            settings.session_timeout,
+            Instant::now(),
+        ));
         let shared = Arc::new(Shared {
             settings,
             processor,
@@ -107,6 +119,7 @@ impl<P: Processor> Shared<P> {
             table: Mutex::new(Vec::new()),
             generation: AtomicU64::new(0),
             control,
+            liveness,
             fatal: Mutex::new(None),
             unclean: Mutex::new(Vec::new()),
         });
@@ -150,6 +163,31 @@ impl<P: Processor> Shared<P> {
             .clone()
     }
 
+    /// A guard for the processor's own writes, on this loop's freeze detector.
+    pub(crate) fn freeze_guard(&self) -> liveness::FreezeGuard {
+        liveness::FreezeGuard::new(self.liveness.clone())
+    }
+
+    /// The watchdog found that the process was frozen: work is held (shown in `/readyz`
+    /// and counted).
+    fn on_frozen(&self, gap: Duration) {
+        counter!(names::FROZEN).increment(1);
+        let hold = self.liveness.hold();
+        tracing::warn!(
+            frozen = ?gap,
+            hold = ?hold,
+            "This process was frozen for longer than half its session timeout: the group may have given its partitions away; holding processing, flushes, sends and commits meanwhile"
+        );
+        self.health.set_blocker(
+            "frozen",
+            Some(format!(
+                "the process was frozen for {:.1} s; work is held for at least {:.1} s while the group settles who owns its partitions",
+                gap.as_secs_f64(),
+                hold.as_secs_f64()
+            )),
+        );
+    }
+
     /// Publishes records not tied to an input offset (from `on_tick`), in order.
     pub(crate) async fn publish(&self, outputs: Vec<Output>) -> Result<(), delivery::Stop> {
         delivery::publish(self, outputs).await
@@ -162,6 +200,41 @@ impl<P: Processor> Shared<P> {
 pub(crate) fn poll_loop<P: Processor>(
     consumer: BaseConsumer<LoopContext<P>>,
     shared: Arc<Shared<P>>,
+    control: std_mpsc::Receiver<Control>,
+) {
+    // The watchdog beats for as long as the loop runs, the stop included.
+    let done = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let watchdog = std::thread::Builder::new()
+            .name("liveness".into())
+            .spawn_scoped(scope, || {
+                shared.liveness.watch(&done, |gap| shared.on_frozen(gap));
+            });
+        if let Err(e) = watchdog {
+            // A stale beat means a freeze only once the watchdog runs: without it nothing
+            // is held, and nothing notices a freeze either.
+            tracing::error!(error = %e, "Could not start the freeze watchdog; a freeze will go unnoticed");
+        }
+        // Ends the watchdog however the loop ends (a panic included), or the scope would
+        // wait for it forever.
+        let _stop_watchdog = SetOnDrop(&done);
+        poll_until_stopped(consumer, &shared, control);
+    });
+}
+
+/// Sets its flag when dropped.
+struct SetOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for SetOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Release);
+    }
+}
+
+/// The body of [`poll_loop`].
+fn poll_until_stopped<P: Processor>(
+    consumer: BaseConsumer<LoopContext<P>>,
+    shared: &Arc<Shared<P>>,
     control: std_mpsc::Receiver<Control>,
 ) {
     let settings = shared.settings.clone();
@@ -178,23 +251,31 @@ pub(crate) fn poll_loop<P: Processor>(
                         Some(Ok(message)) => {
                             shared.route(&consumer, message.detach(), &mut cache);
                         }
-                        Some(Err(error)) => consume_error(&shared, &consumer, &error),
+                        Some(Err(error)) => consume_error(shared, &consumer, &error),
                         None => break,
                     }
                 }
             }
-            Some(Err(error)) => consume_error(&shared, &consumer, &error),
+            Some(Err(error)) => consume_error(shared, &consumer, &error),
             None => {}
         }
         while let Ok(ready) = control.try_recv() {
             shared.ready(&consumer, ready);
+        }
+        // A hold after a freeze ends here, after a poll: a lost assignment that librdkafka
+        // noticed meanwhile has been handed to that poll and has stopped its partitions.
+        if shared.liveness.release_at(Instant::now()) {
+            tracing::info!("The hold after a freeze is over; work goes on");
+            shared.health.set_blocker("frozen", None);
         }
         if last_housekeeping.elapsed() >= Duration::from_millis(50) {
             shared.apply_backpressure(&consumer);
             shared.publish_status();
             last_housekeeping = Instant::now();
         }
-        if last_commit.elapsed() >= settings.commit_interval {
+        // A frozen instance's offsets wait with its outputs: the partitions may be someone
+        // else's already.
+        if last_commit.elapsed() >= settings.commit_interval && !shared.liveness.held() {
             shared.commit(&consumer, None, CommitMode::Async);
             last_commit = Instant::now();
         }
@@ -209,8 +290,29 @@ pub(crate) fn poll_loop<P: Processor>(
     shared
         .generation
         .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    // Stopping during the hold after a freeze (an orchestrator's SIGTERM after failed
+    // probes, say): the group may have given these partitions away, and nothing polls any
+    // more to tell. What waits is dropped and nothing is committed; the owner, whoever it
+    // is, reads it again.
+    let frozen = shared.liveness.held() || consumer.assignment_lost();
+    if frozen {
+        for part in &parts {
+            shared.abandon(part);
+        }
+        rdkafka::producer::Producer::purge(
+            &shared.producer,
+            rdkafka::producer::PurgeConfig::default().queue().inflight(),
+        );
+    }
     shared.stop_partitions(&parts, "shutdown");
-    shared.commit(&consumer, Some(&parts), CommitMode::Sync);
+    if frozen {
+        shared.unclean(
+            "stopped during the hold after a freeze: nothing was committed, and what waited was dropped"
+                .to_owned(),
+        );
+    } else {
+        shared.commit(&consumer, Some(&parts), CommitMode::Sync);
+    }
     shared.publish_status();
     if !settings.static_member {
         // Leaving the group hands our partitions over at once instead of after the session

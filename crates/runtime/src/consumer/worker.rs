@@ -85,14 +85,14 @@ pub(crate) async fn run<P: Processor>(
             (Some(message), None) => Some(message),
             (Some(message), Some(_)) => {
                 // The batch's time is up: end it first, then this message opens the next.
-                flush_and_end_batch(&shared, flush_every, &out, &mut batch).await;
+                flush_and_end_batch(&shared, &task, flush_every, &out, &mut batch).await;
                 Some(message)
             }
             (None, Some(deadline)) => tokio::select! {
                 biased;
                 _ = task.stop.cancelled() => None,
                 _ = tokio::time::sleep_until(deadline) => {
-                    flush_and_end_batch(&shared, flush_every, &out, &mut batch).await;
+                    flush_and_end_batch(&shared, &task, flush_every, &out, &mut batch).await;
                     continue;
                 }
                 message = rx.recv() => message,
@@ -111,7 +111,7 @@ pub(crate) async fn run<P: Processor>(
                     _ = task.stop.cancelled() => None,
                     message = rx.recv() => message,
                     _ = idle => {
-                        flush(&shared, &known, &out).await;
+                        flush(&shared, &task, &known, &out).await;
                         continue;
                     }
                 }
@@ -120,6 +120,10 @@ pub(crate) async fn run<P: Processor>(
         let Some((part, message)) = message else {
             break;
         };
+        // After a freeze, this message may be someone else's to process already.
+        if !shared.liveness.pass(&task.stop).await {
+            break;
+        }
         let offset = message.offset();
         if flush_every.is_some() && !known.contains(&part.id) {
             known.push(part.id.clone());
@@ -184,7 +188,7 @@ pub(crate) async fn run<P: Processor>(
         }
         if let (Some(policy), Some(open)) = (batching, &batch) {
             if open.count >= policy.max_messages.max(1) {
-                flush_and_end_batch(&shared, flush_every, &out, &mut batch).await;
+                flush_and_end_batch(&shared, &task, flush_every, &out, &mut batch).await;
             }
         }
     }
@@ -196,13 +200,14 @@ pub(crate) async fn run<P: Processor>(
 /// partitions (when it flushes), whose records go out before the batch commits.
 async fn flush_and_end_batch<P: Processor>(
     shared: &Shared<P>,
+    task: &Task,
     flush_every: Option<Duration>,
     out: &mpsc::UnboundedSender<Item>,
     batch: &mut Option<Batch>,
 ) {
     if let (Some(_), Some(open)) = (flush_every, batch.as_ref()) {
         let partitions: Vec<PartitionId> = open.next.iter().map(|(p, _)| p.id.clone()).collect();
-        flush(shared, &partitions, out).await;
+        flush(shared, task, &partitions, out).await;
     }
     end_batch(out, batch);
 }
@@ -210,9 +215,15 @@ async fn flush_and_end_batch<P: Processor>(
 /// Runs the processor's flush over `partitions` and queues its records for delivery.
 async fn flush<P: Processor>(
     shared: &Shared<P>,
+    task: &Task,
     partitions: &[PartitionId],
     out: &mpsc::UnboundedSender<Item>,
 ) {
+    // An overdue flush right after a freeze would publish values the partitions' new
+    // owners may have superseded.
+    if !shared.liveness.pass(&task.stop).await {
+        return;
+    }
     let outputs = std::panic::AssertUnwindSafe(shared.processor.flush(partitions))
         .catch_unwind()
         .await
@@ -331,6 +342,10 @@ async fn handle<P: Processor>(
                     _ = tokio::time::sleep(delay) => {}
                     _ = part.stop().cancelled() => break None,
                 }
+                // A freeze during the backoff: the retry waits like any other work.
+                if !shared.liveness.pass(part.stop()).await {
+                    break None;
+                }
                 attempt += 1;
                 continue;
             }
@@ -352,6 +367,9 @@ async fn handle<P: Processor>(
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
                     _ = part.stop().cancelled() => break None,
+                }
+                if !shared.liveness.pass(part.stop()).await {
+                    break None;
                 }
                 continue;
             }

@@ -1,0 +1,311 @@
+//! A consumer frozen (SIGSTOP) past its session timeout while another instance takes its
+//! partition over: once thawed it processes nothing more of that partition before it
+//! learns that the partition is gone, and it works again once the group gives it one.
+//!
+//! The frozen instance is a real separate process (this test binary re-run with one
+//! ignored test selected): a freeze stops every thread of a process, librdkafka's too.
+
+mod common;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use common::*;
+use tributary_runtime::StartFrom;
+use tributary_runtime::{Incoming, Output, PartitionId, ProcessError, Processor, Shutdown};
+use tributary_testkit::TestBroker;
+
+const CHILD_ENV: &str = "TRIBUTARY_FREEZE_CHILD";
+
+/// The frozen instance's session timeout (Kafka's smallest by default): a freeze past
+/// half of it holds its work, for one and a half of it.
+const CHILD_SESSION_MS: u64 = 6000;
+
+fn now_ms() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+}
+
+/// Writes a line per event, flushed at once: `p <ms> <partition> <offset>` when a message's
+/// processing starts, `a <ms> <partition>` and `r <ms> <partition>` when a partition is
+/// assigned and revoked. Processing takes 20 ms, so the instance always has prefetched
+/// messages waiting when it is frozen, and starts the next one soon after it thaws.
+struct Journal {
+    file: std::sync::Mutex<std::fs::File>,
+}
+
+impl Journal {
+    fn line(&self, text: String) {
+        let mut file = self.file.lock().unwrap();
+        writeln!(file, "{text}").unwrap();
+        file.flush().unwrap();
+    }
+}
+
+impl Processor for Journal {
+    async fn process(&self, message: Incoming) -> Result<Vec<Output>, ProcessError> {
+        self.line(format!(
+            "p {} {} {}",
+            now_ms(),
+            message.partition,
+            message.offset
+        ));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        Ok(vec![])
+    }
+
+    async fn on_assigned(&self, partition: &PartitionId) -> Result<StartFrom, ProcessError> {
+        self.line(format!("a {} {}", now_ms(), partition.partition));
+        Ok(StartFrom::Committed)
+    }
+
+    async fn on_revoked(&self, partition: &PartitionId) {
+        self.line(format!("r {} {}", now_ms(), partition.partition));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "the frozen process of the freeze test; run by it"]
+async fn freeze_child() {
+    let Ok(spec) = std::env::var(CHILD_ENV) else {
+        return;
+    };
+    let parts: Vec<&str> = spec.split('|').collect();
+    let (bootstrap, group, topic, path, admin) = (parts[0], parts[1], parts[2], parts[3], parts[4]);
+    init_logs();
+    let mut config = tributary_runtime::RuntimeConfig::defaults();
+    config.brokers = bootstrap.to_owned();
+    config.group_id = Some(group.to_owned());
+    config.admin_addr = Some(admin.parse().unwrap());
+    config.statsd_addr = "127.0.0.1:9".into();
+    config.session_timeout_ms = CHILD_SESSION_MS;
+    config.commit_interval_ms = 100;
+    config.kafka_config = vec![DEV_BROKER_CLIENT.into()];
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap();
+    let processor = Journal {
+        file: std::sync::Mutex::new(file),
+    };
+    let spec = tributary_runtime::ServiceSpec::new("freeze-victim", &[topic], 0);
+    // Runs until the parent kills this process.
+    tributary_runtime::run(spec, config, processor, Shutdown::new())
+        .await
+        .unwrap();
+}
+
+/// One line of the child's journal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Entry {
+    Processed { at: u128, offset: i64 },
+    Assigned { at: u128 },
+    Revoked { at: u128 },
+}
+
+fn journal(path: &Path) -> Vec<Entry> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split(' ').collect();
+            let at = fields.get(1)?.parse().ok()?;
+            match fields[0] {
+                "p" => Some(Entry::Processed {
+                    at,
+                    offset: fields.get(3)?.parse().ok()?,
+                }),
+                "a" => Some(Entry::Assigned { at }),
+                "r" => Some(Entry::Revoked { at }),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+fn processed(entries: &[Entry]) -> Vec<(u128, i64)> {
+    entries
+        .iter()
+        .filter_map(|e| match e {
+            Entry::Processed { at, offset } => Some((*at, *offset)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn signal(child: &std::process::Child, which: &str) {
+    let status = Command::new("kill")
+        .args([which, &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill {which} failed");
+}
+
+/// Kills the child however the test ends, so no frozen process outlives it.
+struct Reaper(std::process::Child, Vec<PathBuf>);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+        for path in &self.1 {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// The last lines the child logged, for a failure's message.
+fn log_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(30)..].join("\n")
+}
+
+/// A port nothing listens on now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_thawed_instance_processes_nothing_more_of_a_partition_taken_over_while_it_was_frozen() {
+    let broker = TestBroker::shared();
+    let topic = broker.create_topic("rt-freeze", 1).await.unwrap();
+    let group = unique_group("rt-freeze-group");
+    let first: Vec<_> = (0..150).map(|i| stock(&format!("p-{i}"), i)).collect();
+    broker.produce_envelopes(&topic, &first).await.unwrap();
+
+    let path = std::env::temp_dir().join(format!("{group}.journal"));
+    let log = std::env::temp_dir().join(format!("{group}.log"));
+    let admin = format!("127.0.0.1:{}", free_port());
+    let child = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "freeze_child", "--ignored", "--nocapture"])
+        .env(
+            CHILD_ENV,
+            format!(
+                "{}|{group}|{topic}|{}|{admin}",
+                broker.bootstrap(),
+                path.display()
+            ),
+        )
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::from(std::fs::File::create(&log).unwrap()))
+        .spawn()
+        .unwrap();
+    let child = Reaper(child, vec![path.clone(), log.clone()]);
+    eventually(
+        "the child processed 5 messages",
+        Duration::from_secs(60),
+        || processed(&journal(&path)).len() >= 5,
+    )
+    .await;
+
+    // Frozen with messages prefetched and one in hand. Another instance joins; the group
+    // waits out the frozen member's session and gives the partition to the newcomer.
+    signal(&child.0, "-STOP");
+    let recorder = Recorder::default();
+    let (running, shutdown) = start(config(broker, &group), &[&topic], recorder.clone()).await;
+    eventually(
+        "the newcomer processed the partition",
+        Duration::from_secs(60),
+        || recorder.count() > 0,
+    )
+    .await;
+
+    let thawed = now_ms();
+    signal(&child.0, "-CONT");
+    // The child noticed the freeze: it says so on its readiness probe while it holds.
+    let http = reqwest::Client::new();
+    let started = std::time::Instant::now();
+    loop {
+        let answer = http
+            .get(format!("http://{admin}/readyz"))
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await;
+        if let Ok(answer) = answer {
+            let status = answer.status();
+            let body = answer.text().await.unwrap_or_default();
+            if status == reqwest::StatusCode::SERVICE_UNAVAILABLE
+                && body.contains("the process was frozen")
+            {
+                break;
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(8),
+            "the thawed child's /readyz never reported the freeze; its log:\n{}",
+            log_tail(&log)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eventually(
+        "the thawed child learned that its partition is gone",
+        Duration::from_secs(30),
+        || {
+            journal(&path)
+                .iter()
+                .any(|e| matches!(e, Entry::Revoked { at } if *at >= thawed))
+        },
+    )
+    .await;
+    let entries = journal(&path);
+    let revoked = entries
+        .iter()
+        .find_map(|e| match e {
+            Entry::Revoked { at } if *at >= thawed => Some(*at),
+            _ => None,
+        })
+        .unwrap();
+    let between: Vec<i64> = processed(&entries)
+        .into_iter()
+        .filter(|(at, _)| *at >= thawed && *at <= revoked)
+        .map(|(_, offset)| offset)
+        .collect();
+    assert!(
+        between.is_empty(),
+        "after the thaw and before its revocation ({} ms later) the child started offsets {between:?}, which the newcomer owned; its log:\n{}",
+        revoked - thawed,
+        log_tail(&log)
+    );
+
+    // The newcomer leaves; the thawed instance, a member again, gets the partition and
+    // processes what arrives: its hold ended.
+    shutdown.trigger();
+    running.wait().await.unwrap();
+    let more: Vec<_> = (150..200).map(|i| stock(&format!("p-{i}"), i)).collect();
+    broker.produce_envelopes(&topic, &more).await.unwrap();
+    eventually(
+        "the thawed child processed the messages after the newcomer left",
+        Duration::from_secs(60),
+        || {
+            let entries = journal(&path);
+            let again = entries
+                .iter()
+                .any(|e| matches!(e, Entry::Assigned { at } if *at > revoked));
+            let after: std::collections::BTreeSet<i64> = processed(&entries)
+                .into_iter()
+                .filter(|(at, offset)| *at > revoked && *offset >= 150)
+                .map(|(_, offset)| offset)
+                .collect();
+            again && after.len() == 50
+        },
+    )
+    .await;
+
+    // Nothing was skipped: every offset was processed by one instance or the other.
+    let mut covered: std::collections::BTreeSet<i64> = processed(&journal(&path))
+        .into_iter()
+        .map(|(_, offset)| offset)
+        .collect();
+    covered.extend(recorder.processed().into_iter().map(|(_, offset)| offset));
+    let missing: Vec<i64> = (0..200).filter(|o| !covered.contains(o)).collect();
+    assert!(missing.is_empty(), "never processed: {missing:?}");
+}
