@@ -263,6 +263,18 @@ async fn run_loop<P: Processor>(
         // each topic to the same member (cooperative-sticky balances topics separately).
         consumer_config.set("partition.assignment.strategy", "range");
     }
+    // The freeze detector works from the group timeouts in force (KAFKA_CONFIG may set
+    // them).
+    let millis = |key: &str| {
+        consumer_config
+            .get(key)
+            .and_then(|v| v.parse::<u64>().ok())
+            .map(Duration::from_millis)
+    };
+    if let Some(session) = millis("session.timeout.ms") {
+        let heartbeat = millis("heartbeat.interval.ms").unwrap_or(session / 3);
+        shared.liveness.configure(session, heartbeat);
+    }
     if consumer_config.get("statistics.interval.ms").is_none() {
         // Statistics carry each partition's high watermark, for lag without extra requests.
         consumer_config.set("statistics.interval.ms", "1000");

@@ -1,6 +1,7 @@
 //! A consumer frozen (SIGSTOP) past its session timeout while another instance takes its
-//! partition over: once thawed it processes nothing more of that partition before it
-//! learns that the partition is gone, and it works again once the group gives it one.
+//! partition over: once thawed it processes nothing more of that partition, and hands no
+//! output to the producer, before it learns that the partition is gone; and it works
+//! again once the group gives it one.
 //!
 //! The frozen instance is a real separate process (this test binary re-run with one
 //! ignored test selected): a freeze stops every thread of a process, librdkafka's too.
@@ -13,6 +14,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::*;
+use tributary_events::Envelope;
 use tributary_runtime::StartFrom;
 use tributary_runtime::{Incoming, Output, PartitionId, ProcessError, Processor, Shutdown};
 use tributary_testkit::TestBroker;
@@ -36,7 +38,12 @@ fn now_ms() -> u128 {
 /// messages waiting when it is frozen, and starts the next one soon after it thaws.
 struct Journal {
     file: std::sync::Mutex<std::fs::File>,
+    /// Every message is forwarded here, as from [`CHILD_SOURCE`].
+    out: String,
 }
+
+/// The source of the child's outputs (the newcomer's say `test`).
+const CHILD_SOURCE: &str = "freeze-child";
 
 impl Journal {
     fn line(&self, text: String) {
@@ -55,7 +62,16 @@ impl Processor for Journal {
             message.offset
         ));
         tokio::time::sleep(Duration::from_millis(20)).await;
-        Ok(vec![])
+        Ok(message
+            .envelope
+            .map(|e| {
+                Output::event(
+                    self.out.clone(),
+                    Envelope::new(CHILD_SOURCE, e.event).with_id(e.id),
+                )
+            })
+            .into_iter()
+            .collect())
     }
 
     async fn on_assigned(&self, partition: &PartitionId) -> Result<StartFrom, ProcessError> {
@@ -75,7 +91,8 @@ async fn freeze_child() {
         return;
     };
     let parts: Vec<&str> = spec.split('|').collect();
-    let (bootstrap, group, topic, path, admin) = (parts[0], parts[1], parts[2], parts[3], parts[4]);
+    let (bootstrap, group, topic, path, admin, out) =
+        (parts[0], parts[1], parts[2], parts[3], parts[4], parts[5]);
     init_logs();
     let mut config = tributary_runtime::RuntimeConfig::defaults();
     config.brokers = bootstrap.to_owned();
@@ -92,6 +109,7 @@ async fn freeze_child() {
         .unwrap();
     let processor = Journal {
         file: std::sync::Mutex::new(file),
+        out: out.to_owned(),
     };
     let spec = tributary_runtime::ServiceSpec::new("freeze-victim", &[topic], 0);
     // Runs until the parent kills this process.
@@ -145,6 +163,46 @@ fn signal(child: &std::process::Child, which: &str) {
     assert!(status.success(), "kill {which} failed");
 }
 
+/// Offsets of the child's records on `topic` created between `from` and `to` (ms).
+fn late_outputs(broker: &TestBroker, topic: &str, from: u128, to: u128) -> Vec<i64> {
+    use tributary_runtime::rdkafka::Message;
+    use tributary_runtime::rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = broker
+        .client_config()
+        .set("group.id", unique_group("rt-freeze-reader"))
+        .create()
+        .unwrap();
+    let (_, end) = consumer
+        .fetch_watermarks(topic, 0, Duration::from_secs(10))
+        .unwrap();
+    let mut tpl = tributary_runtime::rdkafka::TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, tributary_runtime::rdkafka::Offset::Beginning)
+        .unwrap();
+    consumer.assign(&tpl).unwrap();
+    let mut late = Vec::new();
+    let started = std::time::Instant::now();
+    let mut next = 0;
+    while next < end {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "reading {topic}"
+        );
+        let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) else {
+            continue;
+        };
+        next = m.offset() + 1;
+        let from_child = m
+            .payload()
+            .and_then(|p| Envelope::decode(p).ok())
+            .is_some_and(|e| e.source == CHILD_SOURCE);
+        let created = m.timestamp().to_millis().unwrap_or(0);
+        if from_child && (from..=to).contains(&u128::try_from(created).unwrap_or(0)) {
+            late.push(m.offset());
+        }
+    }
+    late
+}
+
 /// Kills the child however the test ends, so no frozen process outlives it.
 struct Reaper(std::process::Child, Vec<PathBuf>);
 
@@ -178,6 +236,7 @@ fn free_port() -> u16 {
 async fn a_thawed_instance_processes_nothing_more_of_a_partition_taken_over_while_it_was_frozen() {
     let broker = TestBroker::shared();
     let topic = broker.create_topic("rt-freeze", 1).await.unwrap();
+    let out = broker.create_topic("rt-freeze-out", 1).await.unwrap();
     let group = unique_group("rt-freeze-group");
     let first: Vec<_> = (0..150).map(|i| stock(&format!("p-{i}"), i)).collect();
     broker.produce_envelopes(&topic, &first).await.unwrap();
@@ -190,7 +249,7 @@ async fn a_thawed_instance_processes_nothing_more_of_a_partition_taken_over_whil
         .env(
             CHILD_ENV,
             format!(
-                "{}|{group}|{topic}|{}|{admin}",
+                "{}|{group}|{topic}|{}|{admin}|{out}",
                 broker.bootstrap(),
                 path.display()
             ),
@@ -210,6 +269,11 @@ async fn a_thawed_instance_processes_nothing_more_of_a_partition_taken_over_whil
     // Frozen with messages prefetched and one in hand. Another instance joins; the group
     // waits out the frozen member's session and gives the partition to the newcomer.
     signal(&child.0, "-STOP");
+    let before = processed(&journal(&path)).len();
+    assert!(
+        before < 100,
+        "the child had processed {before} of 150 messages when frozen: too few left to show anything"
+    );
     let recorder = Recorder::default();
     let (running, shutdown) = start(config(broker, &group), &[&topic], recorder.clone()).await;
     eventually(
@@ -274,6 +338,14 @@ async fn a_thawed_instance_processes_nothing_more_of_a_partition_taken_over_whil
         "after the thaw and before its revocation ({} ms later) the child started offsets {between:?}, which the newcomer owned; its log:\n{}",
         revoked - thawed,
         log_tail(&log)
+    );
+
+    // Nor did it hand an output to the producer in that time: its records on the output
+    // topic were all created before the freeze, or after it learned its partition was gone.
+    let late = late_outputs(broker, &out, thawed, revoked);
+    assert!(
+        late.is_empty(),
+        "outputs the child produced after the thaw and before its revocation: {late:?}"
     );
 
     // The newcomer leaves; the thawed instance, a member again, gets the partition and

@@ -372,9 +372,11 @@ impl<P: Processor> Shared<P> {
             );
         }
         let lost = consumer.assignment_lost();
-        if lost {
+        if lost || self.liveness.held() {
             // Someone else owns them already: write nothing more for them, not even the
-            // re-sends of a failed delivery or a batch commit.
+            // re-sends of a failed delivery or a batch commit. During the hold after a
+            // freeze the same: what waits would wait for the hold, which only a poll after
+            // this callback releases, and would take the whole deadline to be dropped.
             for part in &revoked {
                 self.abandon(part);
             }

@@ -49,27 +49,48 @@ pub(crate) struct Liveness {
     held_until: AtomicU64,
     /// The watchdog runs: only then is a stale beat a freeze.
     watching: AtomicBool,
-    /// A gap longer than this is a freeze.
-    threshold: Duration,
-    /// How long work is held after a freeze is noticed, at least.
-    hold: Duration,
+    /// A gap longer than this many milliseconds is a freeze.
+    threshold_ms: AtomicU64,
+    /// How long work is held after a freeze is noticed, at least, in milliseconds.
+    hold_ms: AtomicU64,
 }
 
 impl Liveness {
-    /// A detector for a consumer with this session timeout.
+    /// A detector for a consumer with this session timeout, heartbeating every third of it.
     pub(crate) fn new(session_timeout: Duration, now: Instant) -> Liveness {
-        Liveness {
+        let live = Liveness {
             origin: now,
             beat: AtomicU64::new(0),
             held_until: AtomicU64::new(0),
             watching: AtomicBool::new(false),
-            threshold: session_timeout / 2,
-            hold: session_timeout + session_timeout / 2,
-        }
+            threshold_ms: AtomicU64::new(0),
+            hold_ms: AtomicU64::new(0),
+        };
+        live.configure(session_timeout, session_timeout / 3);
+        live
+    }
+
+    /// Sets the consumer's effective session timeout and heartbeat interval (`KAFKA_CONFIG`
+    /// may change both). The group may expire a member whose last heartbeat is a session
+    /// timeout old, and that heartbeat can precede a freeze by one interval: a freeze
+    /// longer than the session minus the interval may have cost the partitions. Half the
+    /// session when heartbeats are frequent, never under 500 ms.
+    pub(crate) fn configure(&self, session_timeout: Duration, heartbeat: Duration) {
+        let threshold = (session_timeout / 2)
+            .min(session_timeout.saturating_sub(heartbeat))
+            .max(Duration::from_millis(500));
+        let hold = session_timeout + session_timeout / 2;
+        self.threshold_ms
+            .store(whole_millis(threshold), Ordering::Release);
+        self.hold_ms.store(whole_millis(hold), Ordering::Release);
+    }
+
+    fn threshold(&self) -> Duration {
+        Duration::from_millis(self.threshold_ms.load(Ordering::Acquire))
     }
 
     fn millis(&self, now: Instant) -> u64 {
-        u64::try_from(now.saturating_duration_since(self.origin).as_millis()).unwrap_or(u64::MAX)
+        whole_millis(now.saturating_duration_since(self.origin))
     }
 
     /// Starts counting beats from `now` (before, a slow start is no freeze).
@@ -83,11 +104,11 @@ impl Liveness {
         let at = self.millis(now);
         let last = self.beat.load(Ordering::Acquire);
         let gap = Duration::from_millis(at.saturating_sub(last));
-        let frozen = gap > self.threshold;
+        let frozen = gap > self.threshold();
         if frozen {
             // The hold is in place before the fresh beat is: a thread that reads the fresh
             // beat (beat first, then the hold: see `held_at`) sees the hold too.
-            let hold = u64::try_from(self.hold.as_millis()).unwrap_or(u64::MAX);
+            let hold = self.hold_ms.load(Ordering::Acquire);
             self.held_until
                 .store(at.saturating_add(hold).max(1), Ordering::Release);
         }
@@ -102,7 +123,8 @@ impl Liveness {
         let watching = self.watching.load(Ordering::Acquire);
         let beat = self.beat.load(Ordering::Acquire);
         let until = self.held_until.load(Ordering::Acquire);
-        until != 0 || (watching && Duration::from_millis(at.saturating_sub(beat)) > self.threshold)
+        until != 0
+            || (watching && Duration::from_millis(at.saturating_sub(beat)) > self.threshold())
     }
 
     /// Whether work must wait now.
@@ -138,21 +160,32 @@ impl Liveness {
 
     /// The watchdog: beats every [`BEAT`] until `done`, telling `frozen` of every freeze.
     pub(crate) fn watch(&self, done: &AtomicBool, mut frozen: impl FnMut(Duration)) {
+        /// Once nobody beats (the loop ended, or `frozen` panicked), a stale beat means
+        /// nothing: without this, every thread would be held for good.
+        struct Unwatch<'a>(&'a AtomicBool);
+        impl Drop for Unwatch<'_> {
+            fn drop(&mut self) {
+                self.0.store(false, Ordering::Release);
+            }
+        }
         self.start_at(Instant::now());
+        let _unwatch = Unwatch(&self.watching);
         while !done.load(Ordering::Acquire) {
             std::thread::sleep(BEAT);
             if let Some(gap) = self.beat_at(Instant::now()) {
                 frozen(gap);
             }
         }
-        // Nobody beats any more: a stale beat means nothing now.
-        self.watching.store(false, Ordering::Release);
     }
 
     /// How long work is held after a freeze, at least.
     pub(crate) fn hold(&self) -> Duration {
-        self.hold
+        Duration::from_millis(self.hold_ms.load(Ordering::Acquire))
     }
+}
+
+fn whole_millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Lets a processor hold its own writes after a freeze, as the runtime holds its outputs:
@@ -174,6 +207,10 @@ impl FreezeGuard {
 
     /// Waits while work is held. Returns false as soon as `give_up` says so during the
     /// wait (the partition was fenced: a lost assignment); true once nothing is held.
+    ///
+    /// The wait can last the whole hold (one and a half session timeouts): `give_up` must
+    /// turn true when the work is no longer wanted (a fence, a stop), or a revocation or
+    /// shutdown waits for it until its deadline.
     pub async fn wait(&self, give_up: impl Fn() -> bool) -> bool {
         while self.0.held() {
             if give_up() {
@@ -286,6 +323,18 @@ mod tests {
         assert!(!live.release_at(between));
         assert!(live.held_at(between));
         assert!(live.release_at(second + Duration::from_secs(9)));
+    }
+
+    #[test]
+    fn rare_heartbeats_lower_the_threshold() {
+        let t0 = Instant::now();
+        let live = started(t0);
+        // Heartbeats every 5 s of a 6 s session: 1.5 s frozen may have cost the partitions.
+        live.configure(SESSION, Duration::from_secs(5));
+        assert!(live.held_at(t0 + Duration::from_millis(1100)));
+        live.configure(SESSION, Duration::from_secs(2));
+        assert!(!live.held_at(t0 + Duration::from_millis(2900)));
+        assert!(live.held_at(t0 + Duration::from_millis(3100)));
     }
 
     #[test]

@@ -186,6 +186,14 @@ impl<P: Processor> Shared<P> {
                 hold.as_secs_f64()
             )),
         );
+        // What lingered in the producer when the process froze would go out now, maybe
+        // after the new owners' records. Purged, it fails back to its senders, which send
+        // it again in order once the hold ends (duplicates, never loss), or drop it with
+        // their partitions. What librdkafka sent between the thaw and this beat is gone.
+        rdkafka::producer::Producer::purge(
+            &self.producer,
+            rdkafka::producer::PurgeConfig::default().queue().inflight(),
+        );
     }
 
     /// Publishes records not tied to an input offset (from `on_tick`), in order.
@@ -264,7 +272,8 @@ fn poll_until_stopped<P: Processor>(
         }
         // A hold after a freeze ends here, after a poll: a lost assignment that librdkafka
         // noticed meanwhile has been handed to that poll and has stopped its partitions.
-        if shared.liveness.release_at(Instant::now()) {
+        if shared.liveness.release_at(Instant::now()) && !shared.liveness.held() {
+            // (Held again: a second freeze began meanwhile, and its blocker stays.)
             tracing::info!("The hold after a freeze is over; work goes on");
             shared.health.set_blocker("frozen", None);
         }
@@ -299,6 +308,8 @@ fn poll_until_stopped<P: Processor>(
         for part in &parts {
             shared.abandon(part);
         }
+        // A tick's outputs wait on the hold too, and nothing releases it any more.
+        shared.tick_abandon.cancel();
         rdkafka::producer::Producer::purge(
             &shared.producer,
             rdkafka::producer::PurgeConfig::default().queue().inflight(),
