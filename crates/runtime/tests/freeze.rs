@@ -342,6 +342,9 @@ async fn a_thawed_instance_processes_nothing_more_of_a_partition_taken_over_whil
 
     // Nor did it hand an output to the producer in that time: its records on the output
     // topic were all created before the freeze, or after it learned its partition was gone.
+    // (Here librdkafka's own session check revokes within milliseconds of the thaw, before
+    // the message in hand finishes: without the senders' hold alone this still passes. The
+    // workers' hold is what it proves; it fails without that.)
     let late = late_outputs(broker, &out, thawed, revoked);
     assert!(
         late.is_empty(),
