@@ -41,6 +41,10 @@ pub const PROTECTED: &[(&str, &str)] = &[
         "outputs count as delivered only once all in-sync replicas have them (acks=all)",
     ),
     (
+        "enable.gapless.guarantee",
+        "the runtime purges the producer on a lost assignment or a freeze, which gapless makes fatal",
+    ),
+    (
         "request.required.acks",
         "an alias of acks, which is fixed to all",
     ),
@@ -216,6 +220,7 @@ mod tests {
             "enable.idempotence",
             "acks",
             "check.crcs",
+            "enable.gapless.guarantee",
         ] {
             let pairs = parse_properties(&format!("linger.ms=5,{key}=x")).unwrap();
             let error = check_unprotected(&pairs).unwrap_err();

@@ -637,7 +637,7 @@ impl<S: StatefulProcessor> Stateful<S> {
                 record = record.payload(value.as_slice());
             }
             deliveries.push(
-                send(&context.producer, record)
+                send(&context.producer, &context.freeze, record)
                     .await
                     .map_err(|e| transient("write", &e))?,
             );
@@ -670,7 +670,7 @@ impl<S: StatefulProcessor> Stateful<S> {
             .key(key.as_slice())
             .payload(payload.as_slice())
             .headers(changelog::checkpoint_headers());
-        let delivery = send(&context.producer, record)
+        let delivery = send(&context.producer, &context.freeze, record)
             .await
             .map_err(|e| transient("checkpoint", &e))?;
         match delivery.await {
@@ -681,9 +681,12 @@ impl<S: StatefulProcessor> Stateful<S> {
     }
 }
 
-/// Hands `record` to the producer, waiting while its queue is full.
+/// Hands `record` to the producer, waiting while its queue is full. A freeze noticed
+/// meanwhile gives up with `QueueFull` (the batch is retried after the hold): the purge that
+/// follows a freeze empties the queue, and this record must not slip in during the hold.
 async fn send(
     producer: &FutureProducer,
+    freeze: &tributary_runtime::FreezeGuard,
     mut record: FutureRecord<'_, [u8], [u8]>,
 ) -> Result<
     tributary_runtime::rdkafka::producer::DeliveryFuture,
@@ -696,6 +699,9 @@ async fn send(
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
                 record = r;
                 tokio::time::sleep(Duration::from_millis(2)).await;
+                if freeze.is_held() {
+                    return Err(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull));
+                }
             }
             Err((e, _)) => return Err(e),
         }

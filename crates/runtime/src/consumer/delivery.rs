@@ -78,10 +78,12 @@ pub(crate) enum Failure {
 pub(crate) fn classify(error: &KafkaError) -> Failure {
     use RDKafkaErrorCode as C;
     let Some(code) = error.rdkafka_error_code() else {
-        // A cancelled delivery (the producer purged or dropped it): send it again.
+        // A cancelled delivery (the producer was dropped with it): send it again.
         return Failure::Retriable;
     };
     match code {
+        // Purged (a lost assignment, a freeze): sent again in order if the partition stays.
+        C::PurgeQueue | C::PurgeInflight => Failure::Retriable,
         C::Fatal
         | C::Fenced
         | C::ProducerFenced
@@ -231,6 +233,11 @@ impl<'a, P: Processor> Pipeline<'a, P> {
                     tokio::select! {
                         _ = tokio::time::sleep(Duration::from_millis(2)) => {}
                         _ = self.abandoned().cancelled() => return Err(Stop::Abandoned),
+                    }
+                    // A freeze while the queue was full: the purge that follows it empties
+                    // the queue, and this record must not slip in during the hold.
+                    if !self.shared.liveness.pass(self.abandoned()).await {
+                        return Err(Stop::Abandoned);
                     }
                 }
                 Err((error, _)) => return Ok(Slot::Failed(error)),
@@ -638,6 +645,14 @@ mod tests {
             Failure::Retriable
         );
         assert_eq!(classify(&KafkaError::Canceled), Failure::Retriable);
+        assert_eq!(
+            classify(&e(RDKafkaErrorCode::PurgeQueue)),
+            Failure::Retriable
+        );
+        assert_eq!(
+            classify(&e(RDKafkaErrorCode::PurgeInflight)),
+            Failure::Retriable
+        );
         assert_eq!(
             classify(&e(RDKafkaErrorCode::MessageSizeTooLarge)),
             Failure::Refused { too_large: true }

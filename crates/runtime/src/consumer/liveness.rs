@@ -174,6 +174,9 @@ impl Liveness {
             std::thread::sleep(BEAT);
             if let Some(gap) = self.beat_at(Instant::now()) {
                 frozen(gap);
+                // However long reporting took, it was no freeze.
+                self.beat
+                    .store(self.millis(Instant::now()), Ordering::Release);
             }
         }
     }

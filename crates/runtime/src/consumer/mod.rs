@@ -189,11 +189,19 @@ impl<P: Processor> Shared<P> {
         // What lingered in the producer when the process froze would go out now, maybe
         // after the new owners' records. Purged, it fails back to its senders, which send
         // it again in order once the hold ends (duplicates, never loss), or drop it with
-        // their partitions. What librdkafka sent between the thaw and this beat is gone.
-        rdkafka::producer::Producer::purge(
-            &self.producer,
-            rdkafka::producer::PurgeConfig::default().queue().inflight(),
-        );
+        // their partitions. A purge cannot unsend a request already on the wire: what
+        // librdkafka sent between the thaw and this beat may still land. Not waiting for
+        // the broker threads: a slow one must not stall the watchdog. Not once stopping:
+        // the stop drops what waits anyway.
+        if !self.shutdown.is_triggered() {
+            rdkafka::producer::Producer::purge(
+                &self.producer,
+                rdkafka::producer::PurgeConfig::default()
+                    .queue()
+                    .inflight()
+                    .non_blocking(),
+            );
+        }
     }
 
     /// Publishes records not tied to an input offset (from `on_tick`), in order.
