@@ -89,11 +89,11 @@ pub fn read_topic(brokers: &str, topic: &str) -> anyhow::Result<Vec<Rec>> {
     Ok(out)
 }
 
-/// The checks' readers' `fetch.wait.max.ms`. A reader with a backlog on a busy dev broker
-/// gets next to nothing per fetch when its wait is short: `trib tail` (a plain consumer)
-/// read the last 30,000 records of the aggregates topic during a chaos run in 2.8 s with
-/// 100 ms, and had not finished after 120 s with 5 ms (docs/architecture.md, the dev
-/// broker).
+/// The checks' readers' `fetch.wait.max.ms`. During one chaos run `trib tail` (a plain
+/// consumer) read the last 30,000 records of the aggregates topic in 2.8 s with 100 ms and
+/// had not finished after 120 s with 5 ms; under another run's load a bare reader showed
+/// no consistent difference (docs/architecture.md, the dev broker). The longer wait costs
+/// a reader nothing but its last fetch.
 const READ_FETCH_WAIT_MS: &str = "100";
 
 /// Polls `consumer`, assigned where `ends` says to start, until every partition in `ends`
