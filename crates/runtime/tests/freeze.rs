@@ -112,10 +112,10 @@ async fn freeze_child() {
         out: out.to_owned(),
     };
     let spec = tributary_runtime::ServiceSpec::new("freeze-victim", &[topic], 0);
-    // Runs until the parent kills this process.
-    tributary_runtime::run(spec, config, processor, Shutdown::new())
-        .await
-        .unwrap();
+    // Runs until the parent kills it, or stops on SIGTERM with the exit code a service's
+    // main gives.
+    let result = tributary_runtime::run(spec, config, processor, Shutdown::on_signals()).await;
+    std::process::exit(result.map_or_else(|e| i32::from(e.exit_code()), |()| 0));
 }
 
 /// One line of the child's journal.
@@ -223,6 +223,69 @@ fn log_tail(path: &Path) -> String {
     lines[lines.len().saturating_sub(30)..].join("\n")
 }
 
+/// The child process and where it writes.
+struct Child {
+    reaper: Reaper,
+    journal: PathBuf,
+    log: PathBuf,
+    admin: String,
+}
+
+/// Starts the child consumer of `topic` in `group`, forwarding to `out`.
+fn spawn_child(broker: &TestBroker, group: &str, topic: &str, out: &str) -> Child {
+    let journal = std::env::temp_dir().join(format!("{group}.journal"));
+    let log = std::env::temp_dir().join(format!("{group}.log"));
+    let admin = format!("127.0.0.1:{}", free_port());
+    let child = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "freeze_child", "--ignored", "--nocapture"])
+        .env(
+            CHILD_ENV,
+            format!(
+                "{}|{group}|{topic}|{}|{admin}|{out}",
+                broker.bootstrap(),
+                journal.display()
+            ),
+        )
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::from(std::fs::File::create(&log).unwrap()))
+        .spawn()
+        .unwrap();
+    Child {
+        reaper: Reaper(child, vec![journal.clone(), log.clone()]),
+        journal,
+        log,
+        admin,
+    }
+}
+
+/// Polls the child's `/readyz` until it reports the hold after a freeze (within 8 s).
+async fn await_hold_reported(admin: &str, log: &Path) {
+    let http = reqwest::Client::new();
+    let started = std::time::Instant::now();
+    loop {
+        let answer = http
+            .get(format!("http://{admin}/readyz"))
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await;
+        if let Ok(answer) = answer {
+            let status = answer.status();
+            let body = answer.text().await.unwrap_or_default();
+            if status == reqwest::StatusCode::SERVICE_UNAVAILABLE
+                && body.contains("the process was frozen")
+            {
+                return;
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(8),
+            "the thawed child's /readyz never reported the freeze; its log:\n{}",
+            log_tail(log)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// A port nothing listens on now.
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -241,24 +304,12 @@ async fn a_thawed_instance_processes_nothing_more_of_a_partition_taken_over_whil
     let first: Vec<_> = (0..150).map(|i| stock(&format!("p-{i}"), i)).collect();
     broker.produce_envelopes(&topic, &first).await.unwrap();
 
-    let path = std::env::temp_dir().join(format!("{group}.journal"));
-    let log = std::env::temp_dir().join(format!("{group}.log"));
-    let admin = format!("127.0.0.1:{}", free_port());
-    let child = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "freeze_child", "--ignored", "--nocapture"])
-        .env(
-            CHILD_ENV,
-            format!(
-                "{}|{group}|{topic}|{}|{admin}|{out}",
-                broker.bootstrap(),
-                path.display()
-            ),
-        )
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::from(std::fs::File::create(&log).unwrap()))
-        .spawn()
-        .unwrap();
-    let child = Reaper(child, vec![path.clone(), log.clone()]);
+    let Child {
+        reaper: child,
+        journal: path,
+        log,
+        admin,
+    } = spawn_child(broker, &group, &topic, &out);
     eventually(
         "the child processed 5 messages",
         Duration::from_secs(60),
@@ -286,30 +337,7 @@ async fn a_thawed_instance_processes_nothing_more_of_a_partition_taken_over_whil
     let thawed = now_ms();
     signal(&child.0, "-CONT");
     // The child noticed the freeze: it says so on its readiness probe while it holds.
-    let http = reqwest::Client::new();
-    let started = std::time::Instant::now();
-    loop {
-        let answer = http
-            .get(format!("http://{admin}/readyz"))
-            .timeout(Duration::from_secs(2))
-            .send()
-            .await;
-        if let Ok(answer) = answer {
-            let status = answer.status();
-            let body = answer.text().await.unwrap_or_default();
-            if status == reqwest::StatusCode::SERVICE_UNAVAILABLE
-                && body.contains("the process was frozen")
-            {
-                break;
-            }
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(8),
-            "the thawed child's /readyz never reported the freeze; its log:\n{}",
-            log_tail(&log)
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    await_hold_reported(&admin, &log).await;
     eventually(
         "the thawed child learned that its partition is gone",
         Duration::from_secs(30),
@@ -383,4 +411,69 @@ async fn a_thawed_instance_processes_nothing_more_of_a_partition_taken_over_whil
     covered.extend(recorder.processed().into_iter().map(|(_, offset)| offset));
     let missing: Vec<i64> = (0..200).filter(|o| !covered.contains(o)).collect();
     assert!(missing.is_empty(), "never processed: {missing:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stop_during_the_hold_waits_for_the_group_and_is_clean_when_the_partitions_stayed() {
+    let broker = TestBroker::shared();
+    let topic = broker.create_topic("rt-freeze-stop", 1).await.unwrap();
+    let out = broker.create_topic("rt-freeze-stop-out", 1).await.unwrap();
+    let group = unique_group("rt-freeze-stop-group");
+    let messages: Vec<_> = (0..400).map(|i| stock(&format!("p-{i}"), i)).collect();
+    broker.produce_envelopes(&topic, &messages).await.unwrap();
+    let Child {
+        mut reaper,
+        journal: path,
+        log,
+        admin,
+    } = spawn_child(broker, &group, &topic, &out);
+    eventually(
+        "the child processed 5 messages",
+        Duration::from_secs(60),
+        || processed(&journal(&path)).len() >= 5,
+    )
+    .await;
+
+    // Frozen past half its session (3 s), not past the session: the group keeps it.
+    signal(&reaper.0, "-STOP");
+    let frozen = std::time::Instant::now();
+    while frozen.elapsed() < Duration::from_millis(3600) {
+        // The freeze itself is the condition under test: a child stopped this long.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    signal(&reaper.0, "-CONT");
+    await_hold_reported(&admin, &log).await;
+
+    // SIGTERM while it holds: it waits for the group, then stops as it would any time.
+    signal(&reaper.0, "-TERM");
+    let stopped = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = reaper.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            stopped.elapsed() < Duration::from_secs(40),
+            "the child did not stop; its log:\n{}",
+            log_tail(&log)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "a stop during the hold, with the partition kept, is a clean one; its log:\n{}",
+        log_tail(&log)
+    );
+    // Clean means committed: every offset below the committed one was processed.
+    let by_child: std::collections::BTreeSet<(i32, i64)> = processed(&journal(&path))
+        .into_iter()
+        .map(|(_, offset)| (0, offset))
+        .collect();
+    let committed = committed(broker, &group, &topic, 1);
+    let position = committed.get(&0).copied().unwrap_or(0);
+    assert!(
+        position >= 5,
+        "the stop committed what was processed (committed {position})"
+    );
+    assert_commits_cover_only_processed(&committed, &by_child);
 }

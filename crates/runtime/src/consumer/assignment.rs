@@ -420,11 +420,21 @@ impl<P: Processor> Shared<P> {
     /// Stops `parts` and waits, within the shutdown deadline, for their workers to stop,
     /// their outputs to be acknowledged and their `on_revoked` hooks to return.
     pub(crate) fn stop_partitions(&self, parts: &[Arc<Partition>], why: &str) {
+        let deadline = tokio::time::Instant::now() + self.settings.shutdown_timeout;
+        self.stop_partitions_by(parts, why, deadline);
+    }
+
+    /// [`stop_partitions`](Self::stop_partitions) with the deadline given.
+    pub(crate) fn stop_partitions_by(
+        &self,
+        parts: &[Arc<Partition>],
+        why: &str,
+        deadline: tokio::time::Instant,
+    ) {
         for part in parts {
             part.stop().cancel();
         }
         // One deadline for draining and for the hooks.
-        let deadline = tokio::time::Instant::now() + self.settings.shutdown_timeout;
         let tasks: Vec<_> = parts.iter().flat_map(|p| p.take_tasks()).collect();
         let aborts: Vec<_> = tasks.iter().map(|t| t.abort_handle()).collect();
         let drained = self.runtime.block_on(async {

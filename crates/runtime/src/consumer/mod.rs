@@ -278,13 +278,7 @@ fn poll_until_stopped<P: Processor>(
         while let Ok(ready) = control.try_recv() {
             shared.ready(&consumer, ready);
         }
-        // A hold after a freeze ends here, after a poll: a lost assignment that librdkafka
-        // noticed meanwhile has been handed to that poll and has stopped its partitions.
-        if shared.liveness.release_at(Instant::now()) && !shared.liveness.held() {
-            // (Held again: a second freeze began meanwhile, and its blocker stays.)
-            tracing::info!("The hold after a freeze is over; work goes on");
-            shared.health.set_blocker("frozen", None);
-        }
+        release_hold(shared);
         if last_housekeeping.elapsed() >= Duration::from_millis(50) {
             shared.apply_backpressure(&consumer);
             shared.publish_status();
@@ -299,18 +293,34 @@ fn poll_until_stopped<P: Processor>(
     }
 
     tracing::info!("Stopping: no new fetches; finishing in-flight work");
+    let deadline = tokio::time::Instant::now() + settings.shutdown_timeout;
     shared.health.set_shutting_down();
     if let Ok(assignment) = consumer.assignment() {
         let _ = consumer.pause(&assignment);
+    }
+    // Stopping during the hold after a freeze (a rollout's SIGTERM right after a pause,
+    // say): only a poll tells whether the group kept the partitions. Poll on (nothing new
+    // is fetched) until the hold ends, within half the deadline: a lost assignment arrives
+    // meanwhile and drops its partitions' work, or the group kept them and the stop is a
+    // clean one.
+    if shared.liveness.held() {
+        tracing::info!("Stopping during the hold after a freeze: waiting for the group first");
+        let settle = Instant::now() + settings.shutdown_timeout / 2;
+        while shared.liveness.held() && Instant::now() < settle {
+            match consumer.poll(Duration::from_millis(20)) {
+                Some(Ok(message)) => shared.route(&consumer, message.detach(), &mut cache),
+                Some(Err(error)) => consume_error(shared, &consumer, &error),
+                None => {}
+            }
+            release_hold(shared);
+        }
     }
     let parts: Vec<_> = shared.table().drain(..).map(|s| s.part).collect();
     shared
         .generation
         .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-    // Stopping during the hold after a freeze (an orchestrator's SIGTERM after failed
-    // probes, say): the group may have given these partitions away, and nothing polls any
-    // more to tell. What waits is dropped and nothing is committed; the owner, whoever it
-    // is, reads it again.
+    // Still held: the group has not spoken within half the deadline. What waits is dropped
+    // and nothing is committed; the owner, whoever it is, reads it again.
     let frozen = shared.liveness.held() || consumer.assignment_lost();
     if frozen {
         for part in &parts {
@@ -323,7 +333,7 @@ fn poll_until_stopped<P: Processor>(
             rdkafka::producer::PurgeConfig::default().queue().inflight(),
         );
     }
-    shared.stop_partitions(&parts, "shutdown");
+    shared.stop_partitions_by(&parts, "shutdown", deadline);
     if frozen {
         shared.unclean(
             "stopped during the hold after a freeze: nothing was committed, and what waited was dropped"
@@ -343,6 +353,16 @@ fn poll_until_stopped<P: Processor>(
     }
     drop(consumer);
     tracing::info!("Consumer closed");
+}
+
+/// Ends a hold whose time is up. Called after a poll: a lost assignment that librdkafka
+/// noticed meanwhile has been handed to that poll and has stopped its partitions.
+fn release_hold<P: Processor>(shared: &Shared<P>) {
+    if shared.liveness.release_at(Instant::now()) && !shared.liveness.held() {
+        // (Held again: a second freeze began meanwhile, and its blocker stays.)
+        tracing::info!("The hold after a freeze is over; work goes on");
+        shared.health.set_blocker("frozen", None);
+    }
 }
 
 fn consume_error<P: Processor, C: ConsumerContext>(
