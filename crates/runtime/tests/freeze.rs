@@ -101,7 +101,9 @@ async fn freeze_child() {
     config.statsd_addr = "127.0.0.1:9".into();
     config.session_timeout_ms = CHILD_SESSION_MS;
     config.commit_interval_ms = 100;
-    config.kafka_config = vec![DEV_BROKER_CLIENT.into()];
+    // Heartbeats every 500 ms: a freeze of 3.6 s (the second test) stays well inside the
+    // session, and the freeze threshold stays half the session.
+    config.kafka_config = vec![DEV_BROKER_CLIENT.into(), "heartbeat.interval.ms=500".into()];
     let file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -464,16 +466,41 @@ async fn a_stop_during_the_hold_waits_for_the_group_and_is_clean_when_the_partit
         "a stop during the hold, with the partition kept, is a clean one; its log:\n{}",
         log_tail(&log)
     );
-    // Clean means committed: every offset below the committed one was processed.
-    let by_child: std::collections::BTreeSet<(i32, i64)> = processed(&journal(&path))
+    // The group kept the partition all along: one assignment, no revocation before the
+    // stop's own, no lost assignment.
+    let entries = journal(&path);
+    let assigned = entries
+        .iter()
+        .filter(|e| matches!(e, Entry::Assigned { .. }))
+        .count();
+    let revoked = entries
+        .iter()
+        .filter(|e| matches!(e, Entry::Revoked { .. }))
+        .count();
+    assert_eq!(
+        (assigned, revoked),
+        (1, 1),
+        "assigned once, revoked once (by the stop); its log:\n{}",
+        log_tail(&log)
+    );
+    assert!(
+        !std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("Assignment lost"),
+        "the group expired the child: the test's premise failed"
+    );
+    // Clean means committed: the stop committed everything the child processed, the
+    // message in hand included, and nothing more.
+    let by_child: std::collections::BTreeSet<(i32, i64)> = processed(&entries)
         .into_iter()
         .map(|(_, offset)| (0, offset))
         .collect();
+    let last = by_child.iter().map(|(_, o)| *o).max().unwrap();
     let committed = committed(broker, &group, &topic, 1);
-    let position = committed.get(&0).copied().unwrap_or(0);
-    assert!(
-        position >= 5,
-        "the stop committed what was processed (committed {position})"
+    assert_eq!(
+        committed.get(&0).copied(),
+        Some(last + 1),
+        "the stop committed up to the last processed offset"
     );
     assert_commits_cover_only_processed(&committed, &by_child);
 }

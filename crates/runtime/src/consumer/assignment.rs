@@ -420,7 +420,11 @@ impl<P: Processor> Shared<P> {
     /// Stops `parts` and waits, within the shutdown deadline, for their workers to stop,
     /// their outputs to be acknowledged and their `on_revoked` hooks to return.
     pub(crate) fn stop_partitions(&self, parts: &[Arc<Partition>], why: &str) {
-        let deadline = tokio::time::Instant::now() + self.settings.shutdown_timeout;
+        let mut deadline = tokio::time::Instant::now() + self.settings.shutdown_timeout;
+        // A revocation while the service stops keeps to the stop's deadline.
+        if let Some(stop) = self.stop_deadline.get() {
+            deadline = deadline.min(*stop);
+        }
         self.stop_partitions_by(parts, why, deadline);
     }
 

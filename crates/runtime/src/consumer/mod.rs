@@ -79,6 +79,8 @@ pub(crate) struct Shared<P> {
     pub(crate) shutdown: crate::Shutdown,
     /// Cancelled when tick outputs must stop being re-sent (the shutdown deadline passed).
     pub(crate) tick_abandon: CancellationToken,
+    /// When the stop must be over: revocations during the stop keep to it.
+    pub(crate) stop_deadline: std::sync::OnceLock<tokio::time::Instant>,
     table: Mutex<Vec<Slot>>,
     /// Bumped on every assignment change; a cached route is valid for one generation.
     pub(crate) generation: AtomicU64,
@@ -116,6 +118,7 @@ impl<P: Processor> Shared<P> {
             runtime: tokio::runtime::Handle::current(),
             shutdown,
             tick_abandon: CancellationToken::new(),
+            stop_deadline: std::sync::OnceLock::new(),
             table: Mutex::new(Vec::new()),
             generation: AtomicU64::new(0),
             control,
@@ -191,17 +194,14 @@ impl<P: Processor> Shared<P> {
         // it again in order once the hold ends (duplicates, never loss), or drop it with
         // their partitions. A purge cannot unsend a request already on the wire: what
         // librdkafka sent between the thaw and this beat may still land. Not waiting for
-        // the broker threads: a slow one must not stall the watchdog. Not once stopping:
-        // the stop drops what waits anyway.
-        if !self.shutdown.is_triggered() {
-            rdkafka::producer::Producer::purge(
-                &self.producer,
-                rdkafka::producer::PurgeConfig::default()
-                    .queue()
-                    .inflight()
-                    .non_blocking(),
-            );
-        }
+        // the broker threads: a slow one must not stall the watchdog.
+        rdkafka::producer::Producer::purge(
+            &self.producer,
+            rdkafka::producer::PurgeConfig::default()
+                .queue()
+                .inflight()
+                .non_blocking(),
+        );
     }
 
     /// Publishes records not tied to an input offset (from `on_tick`), in order.
@@ -294,6 +294,7 @@ fn poll_until_stopped<P: Processor>(
 
     tracing::info!("Stopping: no new fetches; finishing in-flight work");
     let deadline = tokio::time::Instant::now() + settings.shutdown_timeout;
+    let _ = shared.stop_deadline.set(deadline);
     shared.health.set_shutting_down();
     if let Ok(assignment) = consumer.assignment() {
         let _ = consumer.pause(&assignment);
@@ -303,7 +304,8 @@ fn poll_until_stopped<P: Processor>(
     // is fetched) until the hold ends, within half the deadline: a lost assignment arrives
     // meanwhile and drops its partitions' work, or the group kept them and the stop is a
     // clean one.
-    if shared.liveness.held() {
+    // (Not after a fatal error: the stop is no clean one anyway.)
+    if shared.liveness.held() && shared.fatal().is_none() {
         tracing::info!("Stopping during the hold after a freeze: waiting for the group first");
         let settle = Instant::now() + settings.shutdown_timeout / 2;
         while shared.liveness.held() && Instant::now() < settle {
@@ -313,6 +315,7 @@ fn poll_until_stopped<P: Processor>(
                 None => {}
             }
             release_hold(shared);
+            shared.publish_status();
         }
     }
     let parts: Vec<_> = shared.table().drain(..).map(|s| s.part).collect();
