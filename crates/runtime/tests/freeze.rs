@@ -260,6 +260,34 @@ fn spawn_child(broker: &TestBroker, group: &str, topic: &str, out: &str) -> Chil
     }
 }
 
+/// The topics and group of one test.
+struct Names {
+    topic: String,
+    out: String,
+    group: String,
+}
+
+/// A one-partition topic `{prefix}` holding `messages` stock updates, its output topic, and
+/// a child consuming it in a fresh group, once the child has processed 5 of them.
+async fn child_under_way(broker: &TestBroker, prefix: &str, messages: u64) -> (Child, Names) {
+    let topic = broker.create_topic(prefix, 1).await.unwrap();
+    let out = broker
+        .create_topic(&format!("{prefix}-out"), 1)
+        .await
+        .unwrap();
+    let group = unique_group(&format!("{prefix}-group"));
+    let updates: Vec<_> = (0..messages).map(|i| stock(&format!("p-{i}"), i)).collect();
+    broker.produce_envelopes(&topic, &updates).await.unwrap();
+    let child = spawn_child(broker, &group, &topic, &out);
+    eventually(
+        "the child processed 5 messages",
+        Duration::from_secs(60),
+        || processed(&journal(&child.journal)).len() >= 5,
+    )
+    .await;
+    (child, Names { topic, out, group })
+}
+
 /// Polls the child's `/readyz` until it reports the hold after a freeze (within 8 s).
 async fn await_hold_reported(admin: &str, log: &Path) {
     let http = reqwest::Client::new();
@@ -300,24 +328,15 @@ fn free_port() -> u16 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_thawed_instance_processes_nothing_more_of_a_partition_taken_over_while_it_was_frozen() {
     let broker = TestBroker::shared();
-    let topic = broker.create_topic("rt-freeze", 1).await.unwrap();
-    let out = broker.create_topic("rt-freeze-out", 1).await.unwrap();
-    let group = unique_group("rt-freeze-group");
-    let first: Vec<_> = (0..150).map(|i| stock(&format!("p-{i}"), i)).collect();
-    broker.produce_envelopes(&topic, &first).await.unwrap();
-
-    let Child {
-        reaper: child,
-        journal: path,
-        log,
-        admin,
-    } = spawn_child(broker, &group, &topic, &out);
-    eventually(
-        "the child processed 5 messages",
-        Duration::from_secs(60),
-        || processed(&journal(&path)).len() >= 5,
-    )
-    .await;
+    let (
+        Child {
+            reaper: child,
+            journal: path,
+            log,
+            admin,
+        },
+        Names { topic, out, group },
+    ) = child_under_way(broker, "rt-freeze", 150).await;
 
     // Frozen with messages prefetched and one in hand. Another instance joins; the group
     // waits out the frozen member's session and gives the partition to the newcomer.
@@ -418,23 +437,15 @@ async fn a_thawed_instance_processes_nothing_more_of_a_partition_taken_over_whil
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_stop_during_the_hold_waits_for_the_group_and_is_clean_when_the_partitions_stayed() {
     let broker = TestBroker::shared();
-    let topic = broker.create_topic("rt-freeze-stop", 1).await.unwrap();
-    let out = broker.create_topic("rt-freeze-stop-out", 1).await.unwrap();
-    let group = unique_group("rt-freeze-stop-group");
-    let messages: Vec<_> = (0..400).map(|i| stock(&format!("p-{i}"), i)).collect();
-    broker.produce_envelopes(&topic, &messages).await.unwrap();
-    let Child {
-        mut reaper,
-        journal: path,
-        log,
-        admin,
-    } = spawn_child(broker, &group, &topic, &out);
-    eventually(
-        "the child processed 5 messages",
-        Duration::from_secs(60),
-        || processed(&journal(&path)).len() >= 5,
-    )
-    .await;
+    let (
+        Child {
+            mut reaper,
+            journal: path,
+            log,
+            admin,
+        },
+        Names { topic, group, .. },
+    ) = child_under_way(broker, "rt-freeze-stop", 400).await;
 
     // Frozen past half its session (3 s), not past the session: the group keeps it.
     signal(&reaper.0, "-STOP");
