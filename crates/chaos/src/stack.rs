@@ -270,6 +270,14 @@ impl Stack {
         Ok(stack)
     }
 
+    /// Every service log's text (for what the services reported but no check sees).
+    pub fn logs(&self) -> Vec<String> {
+        self.instances
+            .iter()
+            .filter_map(|i| std::fs::read_to_string(&i.log).ok())
+            .collect()
+    }
+
     /// Starts a new instance of `service` (its own ports and data directory); returns its index.
     pub fn add(&mut self, service: Service) -> anyhow::Result<usize> {
         let n = self

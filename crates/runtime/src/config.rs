@@ -159,7 +159,13 @@ impl RuntimeConfig {
                 self.client_id.clone().unwrap_or_else(|| service.to_owned()),
             )
             // librdkafka logs through our context into tracing; keep its own chatter down.
-            .set("log_level", "4");
+            .set("log_level", "4")
+            // librdkafka backs reconnects off up to 10 s, so after a broker restart a
+            // consumer (which connects on its own schedule, unlike a producer with a record
+            // to send) waited up to 9.4 s more to fetch, heartbeat and commit; a rebalance
+            // in that window missed its deadline. 1 s is the Java client's default.
+            // (crates/testkit/examples/reconnect_delay.rs: 0.1-9.4 s vs 0.1-0.2 s.)
+            .set("reconnect.backoff.max.ms", "1000");
         config
     }
 
@@ -298,6 +304,9 @@ mod tests {
         assert_eq!(c.state_cache_mb, 64);
         let consumer = c.consumer_config("enrichment").unwrap();
         assert_eq!(consumer.get("enable.auto.offset.store"), Some("false"));
+        assert_eq!(consumer.get("reconnect.backoff.max.ms"), Some("1000"));
+        let producer = c.producer_config("enrichment").unwrap();
+        assert_eq!(producer.get("reconnect.backoff.max.ms"), Some("1000"));
         assert_eq!(consumer.get("session.timeout.ms"), Some("10000"));
         let producer = c.producer_config("enrichment").unwrap();
         assert_eq!(producer.get("enable.idempotence"), Some("true"));

@@ -141,6 +141,9 @@ pub fn redacted(pairs: &[(String, String)]) -> String {
 pub fn client_config(brokers: &str, extra: &[(String, String)]) -> ClientConfig {
     let mut config = ClientConfig::new();
     config.set("bootstrap.servers", brokers);
+    // A tail across a broker restart resumes within a second, not librdkafka's 10 s
+    // (see `RuntimeConfig`'s base settings).
+    config.set("reconnect.backoff.max.ms", "1000");
     for (key, value) in extra {
         config.set(key, value);
     }

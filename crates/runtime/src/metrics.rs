@@ -38,6 +38,10 @@ pub mod names {
     /// Counter: the process was found frozen (SIGSTOP, a paused VM) past half its session
     /// timeout, and held its work while the group settled who owns its partitions.
     pub const FROZEN: &str = "consumer.frozen";
+    /// Counter: revocations (outside a stop) whose partitions did not finish their work
+    /// within `SHUTDOWN_TIMEOUT_MS`; their unfinished input is processed again by the next
+    /// owner.
+    pub const LATE_REVOCATIONS: &str = "consumer.late_revocations";
     /// Counter: deliveries that failed and were retried.
     pub const DELIVERY_RETRIES: &str = "producer.delivery_retries";
     /// Gauge: messages read and not yet finished, over all partitions.

@@ -479,7 +479,7 @@ impl<P: Processor> Shared<P> {
                 &self.producer,
                 rdkafka::producer::PurgeConfig::default().queue().inflight(),
             );
-            self.unclean(format!(
+            self.late(format!(
                 "{why} of {} partition(s) did not finish within {:?}; their unfinished offsets stay uncommitted",
                 parts.len(),
                 self.settings.shutdown_timeout
@@ -509,7 +509,22 @@ impl<P: Processor> Shared<P> {
                 .is_ok()
         });
         if !hooks_done {
-            self.unclean("on_revoked did not return in time".to_owned());
+            self.late("on_revoked did not return in time".to_owned());
+        }
+    }
+
+    /// A deadline of [`stop_partitions_by`](Self::stop_partitions_by) passed. During the
+    /// stop that makes the stop unclean (exit 2). A revocation at any other time is not
+    /// part of any stop: a SIGTERM minutes later that finishes in time is a clean one, and
+    /// its exit code says so. The late revocation is an ERROR and a counter instead (a
+    /// broker outage during a rebalance, say: the outputs it waited for could not be
+    /// acknowledged; the next owner reads the uncommitted input again).
+    fn late(&self, what: String) {
+        if self.stop_deadline.get().is_some() {
+            self.unclean(what);
+        } else {
+            counter!(names::LATE_REVOCATIONS).increment(1);
+            tracing::error!(problem = %what, "Revocation did not finish in time; the next owner processes its unfinished input again");
         }
     }
 
