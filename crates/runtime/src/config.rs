@@ -165,7 +165,10 @@ impl RuntimeConfig {
             // to send) waited up to 9.4 s more to fetch, heartbeat and commit; a rebalance
             // in that window missed its deadline. 1 s is the Java client's default.
             // (crates/testkit/examples/reconnect_delay.rs: 0.1-9.4 s vs 0.1-0.2 s.)
-            .set("reconnect.backoff.max.ms", "1000");
+            .set(
+                "reconnect.backoff.max.ms",
+                crate::kafka::reconnect_backoff_max(&self.properties().unwrap_or_default()),
+            );
         config
     }
 
@@ -307,6 +310,24 @@ mod tests {
         assert_eq!(consumer.get("reconnect.backoff.max.ms"), Some("1000"));
         let producer = c.producer_config("enrichment").unwrap();
         assert_eq!(producer.get("reconnect.backoff.max.ms"), Some("1000"));
+    }
+
+    #[test]
+    fn a_longer_reconnect_backoff_given_raises_the_maximum_so_clients_start() {
+        let mut c = RuntimeConfig::defaults();
+        c.kafka_config = vec!["reconnect.backoff.ms=2000".into()];
+        let consumer = c.consumer_config("enrichment").unwrap();
+        assert_eq!(consumer.get("reconnect.backoff.max.ms"), Some("2000"));
+        // librdkafka refuses a maximum below the backoff: the client must still be created.
+        let created: Result<rdkafka::consumer::BaseConsumer, _> = consumer.create();
+        assert!(created.is_ok(), "{:?}", created.err());
+        let producer: Result<rdkafka::producer::BaseProducer, _> =
+            c.producer_config("enrichment").unwrap().create();
+        assert!(producer.is_ok(), "{:?}", producer.err());
+        // A maximum given is kept as given.
+        c.kafka_config = vec!["reconnect.backoff.max.ms=5000".into()];
+        let consumer = c.consumer_config("enrichment").unwrap();
+        assert_eq!(consumer.get("reconnect.backoff.max.ms"), Some("5000"));
         assert_eq!(consumer.get("session.timeout.ms"), Some("10000"));
         let producer = c.producer_config("enrichment").unwrap();
         assert_eq!(producer.get("enable.idempotence"), Some("true"));

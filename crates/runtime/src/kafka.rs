@@ -143,11 +143,24 @@ pub fn client_config(brokers: &str, extra: &[(String, String)]) -> ClientConfig 
     config.set("bootstrap.servers", brokers);
     // A tail across a broker restart resumes within a second, not librdkafka's 10 s
     // (see `RuntimeConfig`'s base settings).
-    config.set("reconnect.backoff.max.ms", "1000");
+    config.set("reconnect.backoff.max.ms", reconnect_backoff_max(extra));
     for (key, value) in extra {
         config.set(key, value);
     }
     config
+}
+
+/// Longest reconnect backoff, ms: 1 s (librdkafka's 10 s default left a consumer idle for
+/// up to 9.4 s after a broker restart), or the `reconnect.backoff.ms` given if that is
+/// longer: librdkafka refuses a client whose maximum is below it.
+pub(crate) fn reconnect_backoff_max(extra: &[(String, String)]) -> String {
+    extra
+        .iter()
+        .rev()
+        .find(|(k, _)| k == "reconnect.backoff.ms")
+        .and_then(|(_, v)| v.trim().parse::<u64>().ok())
+        .map_or(1_000, |given| given.max(1_000))
+        .to_string()
 }
 
 /// Whether the cluster answers a metadata request within two seconds (blocks).

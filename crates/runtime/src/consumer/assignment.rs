@@ -446,6 +446,8 @@ impl<P: Processor> Shared<P> {
                 .await
                 .is_ok()
         });
+        // What missed the deadline, reported once.
+        let mut missed = Vec::new();
         if !drained {
             // Nothing of these partitions may be written or processed after they are
             // handed over: stop their tasks, and drop whatever of theirs still waits in
@@ -479,7 +481,7 @@ impl<P: Processor> Shared<P> {
                 &self.producer,
                 rdkafka::producer::PurgeConfig::default().queue().inflight(),
             );
-            self.late(format!(
+            missed.push(format!(
                 "{why} of {} partition(s) did not finish within {:?}; their unfinished offsets stay uncommitted",
                 parts.len(),
                 self.settings.shutdown_timeout
@@ -509,18 +511,22 @@ impl<P: Processor> Shared<P> {
                 .is_ok()
         });
         if !hooks_done {
-            self.late("on_revoked did not return in time".to_owned());
+            missed.push("on_revoked did not return in time".to_owned());
+        }
+        if !missed.is_empty() {
+            self.late(missed.join("; "));
         }
     }
 
     /// A deadline of [`stop_partitions_by`](Self::stop_partitions_by) passed. During the
-    /// stop that makes the stop unclean (exit 2). A revocation at any other time is not
-    /// part of any stop: a SIGTERM minutes later that finishes in time is a clean one, and
-    /// its exit code says so. The late revocation is an ERROR and a counter instead (a
-    /// broker outage during a rebalance, say: the outputs it waited for could not be
-    /// acknowledged; the next owner reads the uncommitted input again).
+    /// stop that makes the stop unclean (exit 2), and so does a revocation that was still
+    /// running when the stop was asked for (the stop waited for it). A revocation at any
+    /// other time is not part of any stop: a SIGTERM minutes later that finishes in time
+    /// is a clean one, and its exit code says so. The late revocation is an ERROR and a
+    /// counter instead (a broker outage during a rebalance, say: the outputs it waited for
+    /// could not be acknowledged; the next owner reads the uncommitted input again).
     fn late(&self, what: String) {
-        if self.stop_deadline.get().is_some() {
+        if self.stop_deadline.get().is_some() || self.shutdown.is_triggered() {
             self.unclean(what);
         } else {
             counter!(names::LATE_REVOCATIONS).increment(1);

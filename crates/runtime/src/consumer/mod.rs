@@ -89,7 +89,8 @@ pub(crate) struct Shared<P> {
     pub(crate) liveness: Arc<liveness::Liveness>,
     /// Why the service must stop with an error (the first reason wins).
     fatal: Mutex<Option<String>>,
-    /// What did not finish in time during revocations and the stop.
+    /// What did not finish in time during the stop (revocations at other times are
+    /// counted, not recorded here).
     unclean: Mutex<Vec<String>>,
 }
 
@@ -150,7 +151,7 @@ impl<P: Processor> Shared<P> {
         self.fatal.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// Records that part of the stop (or a revocation) did not finish in time.
+    /// Records that part of the stop did not finish in time (exit 2).
     pub(crate) fn unclean(&self, what: String) {
         tracing::error!(problem = %what, "Did not finish in time");
         self.unclean
