@@ -308,8 +308,11 @@ mod tests {
         let consumer = c.consumer_config("enrichment").unwrap();
         assert_eq!(consumer.get("enable.auto.offset.store"), Some("false"));
         assert_eq!(consumer.get("reconnect.backoff.max.ms"), Some("1000"));
+        assert_eq!(consumer.get("session.timeout.ms"), Some("10000"));
         let producer = c.producer_config("enrichment").unwrap();
         assert_eq!(producer.get("reconnect.backoff.max.ms"), Some("1000"));
+        assert_eq!(producer.get("enable.idempotence"), Some("true"));
+        assert_eq!(producer.get("acks"), Some("all"));
     }
 
     #[test]
@@ -328,10 +331,6 @@ mod tests {
         c.kafka_config = vec!["reconnect.backoff.max.ms=5000".into()];
         let consumer = c.consumer_config("enrichment").unwrap();
         assert_eq!(consumer.get("reconnect.backoff.max.ms"), Some("5000"));
-        assert_eq!(consumer.get("session.timeout.ms"), Some("10000"));
-        let producer = c.producer_config("enrichment").unwrap();
-        assert_eq!(producer.get("enable.idempotence"), Some("true"));
-        assert_eq!(producer.get("acks"), Some("all"));
     }
 
     #[test]
