@@ -5,25 +5,11 @@
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use common::*;
 use tributary_testkit::TestBroker;
-
-/// The end offset of every partition of `topic`.
-fn end_offsets(broker: &TestBroker, topic: &str, partitions: i32) -> BTreeMap<i32, i64> {
-    use tributary_runtime::rdkafka::consumer::{BaseConsumer, Consumer};
-    let consumer: BaseConsumer = broker.client_config().create().unwrap();
-    (0..partitions)
-        .map(|p| {
-            let (_, high) = consumer
-                .fetch_watermarks(topic, p, Duration::from_secs(10))
-                .unwrap();
-            (p, high)
-        })
-        .collect()
-}
 
 /// A revocation whose partition cannot finish in time gives the partition up with its
 /// input uncommitted (the next owner processes it), and does not make a later stop unclean:

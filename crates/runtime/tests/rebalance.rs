@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use common::*;
@@ -29,20 +29,6 @@ fn produce_steadily(
             tokio::time::sleep(Duration::from_millis(15)).await;
         }
     })
-}
-
-/// The end offset of every partition of `topic`.
-fn end_offsets(broker: &TestBroker, topic: &str, partitions: i32) -> BTreeMap<i32, i64> {
-    use tributary_runtime::rdkafka::consumer::{BaseConsumer, Consumer};
-    let consumer: BaseConsumer = broker.client_config().create().unwrap();
-    (0..partitions)
-        .map(|p| {
-            let (_, high) = consumer
-                .fetch_watermarks(topic, p, Duration::from_secs(10))
-                .unwrap();
-            (p, high)
-        })
-        .collect()
 }
 
 async fn members_join_and_leave_while_records_flow(strategy: Option<&str>) {

@@ -160,6 +160,19 @@ impl Processor for Recorder {
     }
 }
 
+/// The end offset of every partition of `topic`.
+pub fn end_offsets(broker: &TestBroker, topic: &str, partitions: i32) -> BTreeMap<i32, i64> {
+    let consumer: BaseConsumer = broker.client_config().create().unwrap();
+    (0..partitions)
+        .map(|p| {
+            let (_, high) = consumer
+                .fetch_watermarks(topic, p, Duration::from_secs(10))
+                .unwrap();
+            (p, high)
+        })
+        .collect()
+}
+
 /// Test-sized settings: fast commits and retries, the test session timeout.
 pub fn config(broker: &TestBroker, group: &str) -> RuntimeConfig {
     let mut config = RuntimeConfig::defaults();
